@@ -1,0 +1,133 @@
+"""Hypothesis strategies for every check, in one place.
+
+Shapes are small (a failing example shrinks to something a student can read by eye), the
+query and key lengths always differ and so do d_k and d_v (a transposed axis cannot hide
+behind a square shape), and floats are well scaled: in [-3, 3], the range where float32
+agrees with float64 to about 1e-6 and softmax neither saturates nor goes flat.
+"""
+
+from typing import NamedTuple, Optional
+
+import hypothesis.strategies as st
+import numpy as np
+from hypothesis.extra import numpy as hnp
+
+DTYPES = (np.float64, np.float32)
+
+
+def floats(dtype, shape, bound=3.0):
+    """Arrays of `dtype` and `shape` with elements in [-bound, bound], exactly representable."""
+    width = 8 * np.dtype(dtype).itemsize
+    bound = float(np.asarray(bound, dtype=dtype))  # the nearest value the dtype can hold
+    elements = st.floats(-bound, bound, width=width, allow_nan=False, allow_infinity=False, allow_subnormal=False)
+    return hnp.arrays(dtype, shape, elements=elements)
+
+
+def distinct_pair(low=1, high=5):
+    """Two different sizes (a, b), a ≠ b."""
+    return st.tuples(st.integers(low, high), st.integers(low, high)).filter(lambda ab: ab[0] != ab[1])
+
+
+batch_shapes = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)  # (), (B,), (B, H)
+
+
+@st.composite
+def masks(draw, scores_shape, empty_rows=False):
+    """Boolean masks broadcastable to `scores_shape` (..., Tq, Tk), True = may attend.
+
+    The mask's own shape is drawn too: the full shape, one row shared by every query
+    (..., 1, Tk) as a padding mask is, or a single (Tq, Tk) matrix as a causal mask is.
+    By default every query row keeps at least one key; with `empty_rows=True` at least one
+    row keeps none (the fully-masked case, whose output must be 0).
+    """
+    *lead, tq, tk = scores_shape
+    shape = draw(st.sampled_from([tuple(scores_shape), (*lead, 1, tk), (tq, tk)]))
+    mask = draw(hnp.arrays(np.bool_, shape))
+    keep = draw(hnp.arrays(np.int64, shape[:-1], elements=st.integers(0, tk - 1)))
+    np.put_along_axis(mask, keep[..., None], True, axis=-1)  # at least one True per row
+    if empty_rows:
+        row = draw(st.integers(0, int(np.prod(shape[:-1])) - 1))
+        mask.reshape(-1, tk)[row] = False
+    return mask
+
+
+class SoftmaxCase(NamedTuple):
+    x: np.ndarray
+    axis: int
+    mask: Optional[np.ndarray]
+    dout: np.ndarray
+
+
+@st.composite
+def softmax_cases(draw, dtype, masked=None):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    if masked is None:
+        masked = draw(st.booleans())
+    mask = None
+    if masked:  # a full-shape mask keeping at least one entry of every slice along `axis`
+        moved = np.moveaxis(np.empty(shape), axis, -1).shape
+        keep = draw(hnp.arrays(np.int64, moved[:-1], elements=st.integers(0, moved[-1] - 1)))
+        mask = draw(hnp.arrays(np.bool_, moved))
+        np.put_along_axis(mask, keep[..., None], True, axis=-1)
+        mask = np.moveaxis(mask, -1, axis)
+    return SoftmaxCase(draw(floats(dtype, shape)), axis, mask, draw(floats(dtype, shape)))
+
+
+class AttentionCase(NamedTuple):
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    mask: Optional[np.ndarray]
+    dout: np.ndarray
+
+
+@st.composite
+def attention_cases(draw, dtype, masked=None, empty_rows=False):
+    """q (..., Tq, dk), k (..., Tk, dk), v (..., Tk, dv) with Tq ≠ Tk and dk ≠ dv."""
+    lead = draw(batch_shapes)
+    tq, tk = draw(distinct_pair())
+    dk, dv = draw(distinct_pair())
+    if masked is None:
+        masked = draw(st.booleans()) or empty_rows
+    mask = draw(masks((*lead, tq, tk), empty_rows)) if masked else None
+    return AttentionCase(
+        draw(floats(dtype, (*lead, tq, dk))),
+        draw(floats(dtype, (*lead, tk, dk))),
+        draw(floats(dtype, (*lead, tk, dv))),
+        mask,
+        draw(floats(dtype, (*lead, tq, dv))),
+    )
+
+
+class MultiHeadCase(NamedTuple):
+    x_q: np.ndarray
+    x_kv: np.ndarray
+    params: dict
+    num_heads: int
+    mask: Optional[np.ndarray]
+    dout: np.ndarray
+
+
+@st.composite
+def multi_head_cases(draw, dtype, masked=None, empty_rows=False, self_attention=None):
+    """x_q (B, Tq, D), x_kv (B, Tk, D) with D = H·Dh; self-attention (x_kv is x_q) or cross."""
+    b = draw(st.integers(1, 2))
+    num_heads, head_width = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    d = num_heads * head_width
+    if self_attention is None:
+        self_attention = draw(st.booleans())
+    if self_attention:
+        tq = tk = draw(st.integers(1, 5))
+    else:
+        tq, tk = draw(distinct_pair())
+    params = {}
+    for name in ("W_q", "W_k", "W_v", "W_o", "b_q", "b_k", "b_v", "b_o"):
+        # Weights of Glorot's scale keep the scores of order 1, where softmax is well conditioned.
+        params[name] = draw(floats(dtype, (d, d) if name.startswith("W") else (d,), bound=1.0 / np.sqrt(d)))
+    x_q = draw(floats(dtype, (b, tq, d), bound=2.0))
+    x_kv = x_q if self_attention else draw(floats(dtype, (b, tk, d), bound=2.0))
+    if masked is None:
+        masked = draw(st.booleans()) or empty_rows
+    mask = draw(masks((b, tq, tk), empty_rows)) if masked else None
+    return MultiHeadCase(x_q, x_kv, params, num_heads, mask, draw(floats(dtype, (b, tq, d))))

@@ -1,0 +1,79 @@
+"""`python -m figures`: train the small models, render every figure, print a summary table.
+
+    python -m figures                 # every figure, the quick protocol (minutes on 2 CPU cores)
+    python -m figures --full          # the longer protocols
+    python -m figures --only attention_scale --out /tmp/figs
+
+A topic adds its figures by appending its module names to FIGURES below; each module exposes
+NAME and render(out_dir, full=False) -> dict of summary numbers (see figures/__init__.py).
+"""
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+# The registry, in the order of the chapters. Each entry is a module of this package.
+FIGURES = [
+    "attention_masks",
+    "attention_scale",
+    "port_errors",
+]
+
+DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _format(value):
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def print_summary(rows, out_dir):
+    """rows: (name, seconds, numbers dict or error string); a "file" entry names the PNG written."""
+    print(f"\nSummary (figures written to {out_dir})")
+    width = max(len(name) for name, _, _ in rows)
+    print(f"  {'figure'.ljust(width)}  {'time':>7}  {'file':<22}  key numbers")
+    print(f"  {'-' * width}  {'-' * 7}  {'-' * 22}  {'-' * 40}")
+    for name, seconds, numbers in rows:
+        if isinstance(numbers, str):
+            file, lines = "-", [f"FAILED: {numbers}"]
+        else:
+            numbers = dict(numbers)
+            file = numbers.pop("file", "(printed table)")
+            lines = [f"{key} = {_format(value)}" for key, value in numbers.items()] or [""]
+        print(f"  {name.ljust(width)}  {seconds:6.1f}s  {file:<22}  {lines[0]}")
+        for line in lines[1:]:  # one number a line, aligned under the first
+            print(f"  {' ' * width}  {' ' * 7}  {' ' * 22}  {line}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m figures", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNGs (default: %(default)s)")
+    parser.add_argument("--full", action="store_true", help="run the longer protocols")
+    parser.add_argument("--only", metavar="NAME", action="append", choices=FIGURES,
+                        help="render only this figure (repeatable); one of: " + ", ".join(FIGURES))
+    args = parser.parse_args(argv)
+
+    selected = args.only or FIGURES
+    rows, failed = [], False
+    start = time.perf_counter()
+    for name in selected:
+        print(f"[figures] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            module = importlib.import_module(f"figures.{name}")
+            numbers = module.render(args.out, full=args.full)
+        except Exception as error:  # report every figure, then fail at the end
+            failed = True
+            numbers = f"{type(error).__name__}: {error}"
+            print(f"[figures] {name} failed: {numbers}", file=sys.stderr)
+        rows.append((name, time.perf_counter() - t0, numbers))
+    print_summary(rows, args.out)
+    print(f"\nTotal {time.perf_counter() - start:.1f}s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

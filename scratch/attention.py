@@ -1,0 +1,289 @@
+"""Attention (Vaswani et al. 2017, §3.2) in NumPy, with every gradient derived by hand.
+
+Shape letters, used in the comment at the end of each array line:
+    ...  any leading batch axes (batch, heads, or none)
+    B    batch            Tq  queries (target positions)     Tk  keys (source positions)
+    dk   query/key width  dv  value width
+    D    model width      H   heads                           Dh  head width, D / H
+
+Masks are boolean and True means "may attend". A query row whose mask is all False attends to
+nothing: its output is 0 and every gradient through it is 0 (as PyTorch's
+`scaled_dot_product_attention` does from 2.5; Keras returns the mean of V instead).
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from scratch.validate import as_float_array, as_mask, check_ndim, check_same_dtype
+
+MHA_PARAM_NAMES = ("W_q", "W_k", "W_v", "W_o", "b_q", "b_k", "b_v", "b_o")
+
+
+# ----------------------------------------------------------------------------------------------
+# Softmax
+# ----------------------------------------------------------------------------------------------
+
+
+class SoftmaxCache(NamedTuple):
+    y: np.ndarray  # the output, all the backward needs
+    axis: int
+
+
+def softmax_forward(x, axis=-1, mask=None):
+    """softmax(x)_i = exp(x_i) / Σ_j exp(x_j) along `axis`.
+
+    With a boolean `mask` (broadcastable to x, True = keep) the masked entries get weight
+    exactly 0, and a slice with nothing kept is all 0 instead of 0/0 = NaN.
+    """
+    x = as_float_array("x", x)
+    if mask is not None:
+        mask = as_mask(mask, x.shape)
+    # BEGIN SOLUTION
+    # HINT: subtract the row maximum before exponentiating; it cancels in the ratio.
+    # softmax(x) = softmax(x − m) for any constant m; with m = max_j x_j every exponent is ≤ 0,
+    # so exp never overflows, and the largest term is exp(0) = 1, so the sum is ≥ 1.
+    # x belongs to the caller, so e is one new array and every later step works on it in place.
+    if mask is None:
+        e = x - x.max(axis=axis, keepdims=True)  # (..., n)
+    else:
+        e = np.where(mask, x, -np.inf)  # (..., n), a masked entry becomes −inf: exp(−inf) = 0
+        m = e.max(axis=axis, keepdims=True)  # (..., 1)
+        m[m == -np.inf] = 0.0  # a slice with nothing kept has max −inf, and −inf − (−inf) is NaN
+        e -= m
+    np.exp(e, out=e)  # (..., n)
+    total = e.sum(axis=axis, keepdims=True)  # (..., 1)
+    if mask is not None:
+        total[total == 0] = 1.0  # nothing kept: 0 / 1 = 0 rather than 0 / 0
+    e /= total  # (..., n)
+    y = e
+    # END SOLUTION
+    return y, SoftmaxCache(y, axis)
+
+
+def softmax_backward(dout, cache):
+    """dx for y = softmax(x), from the saved output alone."""
+    y, axis = cache
+    # BEGIN SOLUTION
+    # HINT: the Jacobian is diag(y) − y yᵀ; apply it to dout without building it.
+    # ∂y_i/∂x_j = y_i (δ_ij − y_j)  ⇒  dx_j = Σ_i dout_i y_i (δ_ij − y_j) = y_j (dout_j − Σ_i dout_i y_i)
+    dx = dout - np.vecdot(dout, y, axis=axis, keepdims=True)  # (..., n), vecdot: Σ_i dout_i y_i
+    dx *= y  # (..., n), in place: dx is ours
+    # END SOLUTION
+    return dx
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------
+
+
+def causal_mask(t):
+    """(t, t) boolean mask, True on and below the diagonal: position i may attend to j ≤ i."""
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
+        raise ValueError(f"t must be a non-negative int, got {t!r}")
+    # BEGIN SOLUTION
+    return np.tril(np.ones((t, t), dtype=bool))  # (t, t)
+    # END SOLUTION
+
+
+def padding_mask(lengths, t_k, t_q=1):
+    """(B, t_q, t_k) boolean mask from key lengths: query rows may attend to keys j < lengths[b].
+
+    Broadcasts against (B, Tq, Tk) scores, and against (B, H, Tq, Tk) after `mask[:, None]`.
+    """
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be a 1-D integer array of shape (B,), got dtype {lengths.dtype} with shape {lengths.shape}")
+    if np.any(lengths < 0) or np.any(lengths > t_k):
+        raise ValueError(f"lengths must lie in [0, t_k={t_k}], got {lengths.tolist()}")
+    # BEGIN SOLUTION
+    keep = np.arange(t_k)[None, :] < lengths[:, None]  # (B, Tk)
+    return np.broadcast_to(keep[:, None, :], (len(lengths), t_q, t_k)).copy()  # (B, Tq, Tk)
+    # END SOLUTION
+
+
+# ----------------------------------------------------------------------------------------------
+# Scaled dot-product attention
+# ----------------------------------------------------------------------------------------------
+
+
+class AttentionCache(NamedTuple):
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    weights: np.ndarray  # (..., Tq, Tk), the softmax output: rows sum to 1 (or 0 if fully masked)
+    scale: float
+    softmax: SoftmaxCache
+
+
+def _check_qkv(q, k, v, mask):
+    q, k, v = as_float_array("q", q), as_float_array("k", k), as_float_array("v", v)
+    check_ndim("q", q, 2, "(..., Tq, dk)")
+    check_ndim("k", k, 2, "(..., Tk, dk)")
+    check_ndim("v", v, 2, "(..., Tk, dv)")
+    check_same_dtype(q=q, k=k, v=v)
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k must have shape (..., Tk, dk={q.shape[-1]}) to match q {q.shape}, got shape {k.shape}")
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"v must have shape (..., Tk={k.shape[-2]}, dv) to match k {k.shape}, got shape {v.shape}")
+    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        raise ValueError(f"q, k and v must share their leading axes, got q {q.shape}, k {k.shape}, v {v.shape}")
+    scores_shape = q.shape[:-1] + (k.shape[-2],)
+    if mask is not None:
+        mask = as_mask(mask, scores_shape)
+    return q, k, v, mask
+
+
+def scaled_dot_product_attention_forward(q, k, v, mask=None):
+    """Attention(Q, K, V) = softmax(QKᵀ/√d_k) V for q (..., Tq, dk), k (..., Tk, dk), v (..., Tk, dv).
+
+    `mask`, boolean and broadcastable to (..., Tq, Tk), is True where query i may attend to key j.
+    """
+    q, k, v, mask = _check_qkv(q, k, v, mask)
+    # BEGIN SOLUTION
+    # HINT: three lines: scores, softmax over the keys (pass the mask), weighted sum of values.
+    # √d_k keeps the scores' variance near 1 when q and k have unit-variance entries (§3.2.1).
+    scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float, so float32 stays float32
+    # Eq. (1), Vaswani et al. 2017: Attention(Q, K, V) = softmax(QKᵀ / √d_k) V
+    scores = q @ k.swapaxes(-1, -2)  # (..., Tq, Tk)
+    scores *= scale
+    weights, softmax_cache = softmax_forward(scores, axis=-1, mask=mask)  # (..., Tq, Tk)
+    out = weights @ v  # (..., Tq, dv)
+    # END SOLUTION
+    return out, AttentionCache(q, k, v, weights, scale, softmax_cache)
+
+
+def scaled_dot_product_attention_backward(dout, cache):
+    """Return (dq, dk, dv) given dout (..., Tq, dv)."""
+    q, k, v, weights, scale, softmax_cache = cache
+    # BEGIN SOLUTION
+    # HINT: go back through out = A V, then A = softmax(S), then S = scale · Q Kᵀ.
+    # out = A V  ⇒  dA = dout Vᵀ  and  dV = Aᵀ dout
+    dweights = dout @ v.swapaxes(-1, -2)  # (..., Tq, Tk)
+    dv = weights.swapaxes(-1, -2) @ dout  # (..., Tk, dv)
+    # A = softmax(S) along the keys
+    dscores = softmax_backward(dweights, softmax_cache)  # (..., Tq, Tk)
+    # S = scale · Q Kᵀ  ⇒  dQ = scale · dS K  and  dK = scale · dSᵀ Q
+    dscores *= scale
+    dq = dscores @ k  # (..., Tq, dk)
+    dk = dscores.swapaxes(-1, -2) @ q  # (..., Tk, dk)
+    # END SOLUTION
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-head attention
+# ----------------------------------------------------------------------------------------------
+
+
+class MultiHeadAttentionCache(NamedTuple):
+    x_q: np.ndarray
+    x_kv: np.ndarray
+    params: dict
+    num_heads: int
+    heads: np.ndarray  # (B, Tq, D), the heads' outputs concatenated, input of W_o
+    attention: AttentionCache
+
+
+def split_heads(x, num_heads):
+    """(B, T, D) → (B, H, T, Dh): head h gets columns h·Dh … (h+1)·Dh − 1."""
+    b, t, d = x.shape
+    return np.ascontiguousarray(x.reshape(b, t, num_heads, d // num_heads).transpose(0, 2, 1, 3))
+
+
+def merge_heads(x):
+    """(B, H, T, Dh) → (B, T, D): the inverse of split_heads, i.e. Concat(head_1, …, head_H)."""
+    b, h, t, dh = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+
+
+def _check_mha(x_q, x_kv, params, num_heads, mask):
+    x_q, x_kv = as_float_array("x_q", x_q), as_float_array("x_kv", x_kv)
+    if x_q.ndim != 3:
+        raise ValueError(f"x_q must have shape (B, Tq, D), got shape {x_q.shape}")
+    b, _, d = x_q.shape
+    if x_kv.ndim != 3 or x_kv.shape[0] != b or x_kv.shape[2] != d:
+        raise ValueError(f"x_kv must have shape (B={b}, Tk, D={d}) to match x_q {x_q.shape}, got shape {x_kv.shape}")
+    if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    if d % num_heads != 0:
+        raise ValueError(f"d_model = {d} (last axis of x_q {x_q.shape}) must be divisible by num_heads = {num_heads}")
+    missing = [name for name in MHA_PARAM_NAMES if name not in params]
+    if missing:
+        raise ValueError(f"params is missing {missing}; multi-head attention needs {list(MHA_PARAM_NAMES)}")
+    checked = {}
+    for name in MHA_PARAM_NAMES:
+        p = as_float_array(f"params[{name!r}]", params[name])
+        expected = (d, d) if name.startswith("W") else (d,)
+        if p.shape != expected:
+            raise ValueError(f"params[{name!r}] must have shape {expected} for d_model = {d}, got shape {p.shape}")
+        checked[name] = p
+    check_same_dtype(x_q=x_q, x_kv=x_kv, **{f"params[{n!r}]": p for n, p in checked.items()})
+    if mask is not None:
+        mask = as_mask(mask, (b, x_q.shape[1], x_kv.shape[1]))
+    return x_q, x_kv, checked, mask
+
+
+def multi_head_attention_forward(x_q, x_kv, params, num_heads, mask=None):
+    """MultiHead(x_q, x_kv) for x_q (B, Tq, D), x_kv (B, Tk, D); self-attention when x_kv is x_q.
+
+    `params` holds W_q W_k W_v W_o (D, D) and b_q b_k b_v b_o (D,). `mask`, boolean and
+    broadcastable to (B, Tq, Tk), is shared by every head.
+    """
+    x_q, x_kv, params, mask = _check_mha(x_q, x_kv, params, num_heads, mask)
+    # BEGIN SOLUTION
+    # HINT: project, split_heads, call scaled_dot_product_attention_forward once for all heads, merge_heads, project.
+    # head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V); W_i^Q is the i-th block of Dh columns of W_q,
+    # so one (D, D) product computes every head's projection at once.
+    q = split_heads(x_q @ params["W_q"] + params["b_q"], num_heads)  # (B, H, Tq, Dh)
+    k = split_heads(x_kv @ params["W_k"] + params["b_k"], num_heads)  # (B, H, Tk, Dh)
+    v = split_heads(x_kv @ params["W_v"] + params["b_v"], num_heads)  # (B, H, Tk, Dh)
+    head_mask = None if mask is None else mask[..., None, :, :]  # (B or 1, 1, Tq or 1, Tk)
+    attended, attention_cache = scaled_dot_product_attention_forward(q, k, v, head_mask)  # (B, H, Tq, Dh)
+    # MultiHead(Q, K, V) = Concat(head_1, …, head_H) W^O
+    heads = merge_heads(attended)  # (B, Tq, D)
+    out = heads @ params["W_o"] + params["b_o"]  # (B, Tq, D)
+    # END SOLUTION
+    return out, MultiHeadAttentionCache(x_q, x_kv, params, num_heads, heads, attention_cache)
+
+
+def _affine_grads(x, dy):
+    """For y = x W + b with rows stacked in (B, T, ·): return (dW, db) = (xᵀ dy, Σ_rows dy)."""
+    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])  # (B·T, D)
+    return x2.T @ dy2, dy2.sum(axis=0)  # (D, D), (D,)
+
+
+def multi_head_attention_backward(dout, cache):
+    """Return (dx_q, dx_kv, grads) with grads keyed like params. For self-attention add dx_q + dx_kv."""
+    x_q, x_kv, params, num_heads, heads, attention_cache = cache
+    grads = {}
+    # BEGIN SOLUTION
+    # HINT: reverse the forward line by line; the query, key and value projections each send a gradient back.
+    # out = heads W_o + b_o  ⇒  dW_o = headsᵀ dout, db_o = Σ dout, dheads = dout W_oᵀ
+    grads["W_o"], grads["b_o"] = _affine_grads(heads, dout)
+    dheads = dout @ params["W_o"].T  # (B, Tq, D)
+    # heads = merge_heads(attended)  ⇒  split the gradient the same way
+    dq, dk, dv = scaled_dot_product_attention_backward(split_heads(dheads, num_heads), attention_cache)  # (B, H, T·, Dh)
+    dq, dk, dv = merge_heads(dq), merge_heads(dk), merge_heads(dv)  # (B, T·, D)
+    # q = x_q W_q + b_q  ⇒  dx_q = dq W_qᵀ;  k and v both read x_kv, so their gradients add up
+    grads["W_q"], grads["b_q"] = _affine_grads(x_q, dq)
+    grads["W_k"], grads["b_k"] = _affine_grads(x_kv, dk)
+    grads["W_v"], grads["b_v"] = _affine_grads(x_kv, dv)
+    dx_q = dq @ params["W_q"].T  # (B, Tq, D)
+    dx_kv = dk @ params["W_k"].T + dv @ params["W_v"].T  # (B, Tk, D)
+    # END SOLUTION
+    return dx_q, dx_kv, {name: grads[name] for name in MHA_PARAM_NAMES}
+
+
+def init_multi_head_attention(d_model, rng, dtype=np.float64):
+    """Glorot-uniform (D, D) weights (Glorot and Bengio, 2010) and zero biases."""
+    limit = math.sqrt(6.0 / (d_model + d_model))
+    params = {}
+    for name in MHA_PARAM_NAMES:
+        if name.startswith("W"):
+            params[name] = rng.uniform(-limit, limit, size=(d_model, d_model)).astype(dtype)
+        else:
+            params[name] = np.zeros(d_model, dtype=dtype)
+    return params

@@ -1,0 +1,118 @@
+"""Building blocks: the linear map and the activations, each a forward/backward pair.
+
+Shape letters: `...` any leading (batch) axes, `I` input width, `O` output width.
+Every backward takes the upstream gradient `dout` (the gradient of the loss with respect to
+the forward's output) and returns the gradient with respect to each array input.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from scratch.validate import as_float_array, check_ndim, check_same_dtype, check_shape
+
+
+class LinearCache(NamedTuple):
+    x: np.ndarray
+    W: np.ndarray
+
+
+def linear_forward(x, W, b):
+    """y = x W + b for row vectors x of shape (..., I), W (I, O), b (O,)."""
+    x, W, b = as_float_array("x", x), as_float_array("W", W), as_float_array("b", b)
+    check_ndim("W", W, 2, "(I, O)")
+    check_ndim("x", x, 1, "(..., I)")
+    if W.ndim != 2 or x.shape[-1] != W.shape[0]:
+        raise ValueError(f"W must have shape ({x.shape[-1]}, O) to match x {x.shape}, got shape {W.shape}")
+    check_shape("b", b, (W.shape[1],))
+    check_same_dtype(x=x, W=W, b=b)
+    # BEGIN SOLUTION
+    y = x @ W + b  # (..., O)
+    # END SOLUTION
+    return y, LinearCache(x, W)
+
+
+def linear_backward(dout, cache):
+    """Return (dx, dW, db) for y = x W + b."""
+    x, W = cache
+    # BEGIN SOLUTION
+    # HINT: flatten the leading axes of x and dout to rows; dW sums one outer product per row.
+    # ∂y/∂x = Wᵀ  ⇒  dx = dout Wᵀ
+    dx = dout @ W.T  # (..., I)
+    # ∂y_o/∂W_io = x_i, summed over every row of the batch  ⇒  dW = xᵀ dout
+    dW = x.reshape(-1, x.shape[-1]).T @ dout.reshape(-1, dout.shape[-1])  # (I, O)
+    # b is added to every row  ⇒  db = Σ_rows dout
+    db = dout.reshape(-1, dout.shape[-1]).sum(axis=0)  # (O,)
+    # END SOLUTION
+    return dx, dW, db
+
+
+def relu_forward(x):
+    """relu(x) = max(x, 0)."""
+    x = as_float_array("x", x)
+    # BEGIN SOLUTION
+    y = np.maximum(x, 0.0)  # (...)
+    # END SOLUTION
+    return y, x
+
+
+def relu_backward(dout, cache):
+    """d relu/dx = 1 where x > 0, else 0 (0 at x = 0, as PyTorch does)."""
+    x = cache
+    # BEGIN SOLUTION
+    return dout * (x > 0)
+    # END SOLUTION
+
+
+def leaky_relu_forward(x, negative_slope=0.01):
+    """leaky_relu(x) = x for x > 0, negative_slope · x otherwise."""
+    x = as_float_array("x", x)
+    # BEGIN SOLUTION
+    y = np.where(x > 0, x, negative_slope * x)  # (...)
+    # END SOLUTION
+    return y, (x, negative_slope)
+
+
+def leaky_relu_backward(dout, cache):
+    """d leaky_relu/dx = 1 where x > 0, else negative_slope."""
+    x, negative_slope = cache
+    # BEGIN SOLUTION
+    return np.where(x > 0, dout, negative_slope * dout)
+    # END SOLUTION
+
+
+def tanh_forward(x):
+    """tanh(x) = (eˣ − e⁻ˣ) / (eˣ + e⁻ˣ)."""
+    x = as_float_array("x", x)
+    # BEGIN SOLUTION
+    y = np.tanh(x)  # (...)
+    # END SOLUTION
+    return y, y
+
+
+def tanh_backward(dout, cache):
+    """d tanh/dx = 1 − tanh²(x), written with the saved output y."""
+    y = cache
+    # BEGIN SOLUTION
+    return dout * (1.0 - y * y)
+    # END SOLUTION
+
+
+def sigmoid_forward(x):
+    """σ(x) = 1 / (1 + e⁻ˣ), computed without overflow for any |x|."""
+    x = as_float_array("x", x)
+    # BEGIN SOLUTION
+    # HINT: exp of a large positive number overflows; only ever exponentiate −|x|.
+    # For x ≥ 0 use 1 / (1 + e⁻ˣ); for x < 0 the equal form eˣ / (1 + eˣ). Both exponentiate −|x| ≤ 0.
+    e = np.exp(-np.abs(x))  # (...), in (0, 1]
+    y = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))  # (...)
+    # END SOLUTION
+    return y, y
+
+
+def sigmoid_backward(dout, cache):
+    """dσ/dx = σ(x) (1 − σ(x)), written with the saved output y."""
+    y = cache
+    # BEGIN SOLUTION
+    return dout * y * (1.0 - y)
+    # END SOLUTION

@@ -1,0 +1,115 @@
+"""Input checks shared by every implementation: clear errors instead of silent broadcasts.
+
+Not math: these helpers only look at dtypes and shapes. Each error names the argument, the
+shape it expected and the shape it received, so that a student sees at once what went wrong.
+"""
+
+import numpy as np
+
+
+def as_float_array(name, x):
+    """Return `x` as an ndarray of a floating dtype, or raise TypeError naming `name`."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(
+            f"{name} must be a floating-point array (float32 or float64), "
+            f"got dtype {x.dtype} with shape {x.shape}"
+        )
+    return x
+
+
+def check_ndim(name, x, ndim, layout):
+    """Raise ValueError unless `x` has at least `ndim` axes; `layout` reads like '(..., T, D)'."""
+    if x.ndim < ndim:
+        raise ValueError(f"{name} must have shape {layout}, got shape {x.shape}")
+
+
+def check_same_dtype(**arrays):
+    """Raise TypeError unless every array shares one dtype (no silent promotion to float64)."""
+    dtypes = {name: a.dtype for name, a in arrays.items()}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise TypeError(f"arrays must share one dtype, got {listed}")
+
+
+def check_shape(name, x, expected):
+    """Raise ValueError unless `x.shape == expected`."""
+    if x.shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got shape {x.shape}")
+
+
+def as_mask(mask, target_shape):
+    """Return `mask` as a boolean ndarray broadcastable to `target_shape`, or raise.
+
+    Masks are boolean with True = may attend; a float or integer mask is rejected rather than
+    guessed at, because frameworks disagree on what 1 means (PyTorch's `attn_mask` uses True
+    for *blocked* positions in `nn.MultiheadAttention`).
+    """
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise TypeError(
+            f"mask must be a boolean array (True = may attend), got dtype {mask.dtype} "
+            f"with shape {mask.shape}"
+        )
+    try:
+        broadcast = np.broadcast_shapes(mask.shape, target_shape)
+    except ValueError:
+        broadcast = None
+    if broadcast != tuple(target_shape):
+        raise ValueError(
+            f"mask must be broadcastable to {tuple(target_shape)}, got shape {mask.shape}"
+        )
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention inputs: shared by scratch/attention.py and every port, so all raise the same errors.
+# ----------------------------------------------------------------------------------------------
+
+MHA_PARAM_NAMES = ("W_q", "W_k", "W_v", "W_o", "b_q", "b_k", "b_v", "b_o")
+
+
+def check_attention_inputs(q, k, v, mask):
+    """Validate q (..., Tq, dk), k (..., Tk, dk), v (..., Tk, dv) and a mask for (..., Tq, Tk)."""
+    q, k, v = as_float_array("q", q), as_float_array("k", k), as_float_array("v", v)
+    check_ndim("q", q, 2, "(..., Tq, dk)")
+    check_ndim("k", k, 2, "(..., Tk, dk)")
+    check_ndim("v", v, 2, "(..., Tk, dv)")
+    check_same_dtype(q=q, k=k, v=v)
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k must have shape (..., Tk, dk={q.shape[-1]}) to match q {q.shape}, got shape {k.shape}")
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"v must have shape (..., Tk={k.shape[-2]}, dv) to match k {k.shape}, got shape {v.shape}")
+    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        raise ValueError(f"q, k and v must share their leading axes, got q {q.shape}, k {k.shape}, v {v.shape}")
+    if mask is not None:
+        mask = as_mask(mask, q.shape[:-1] + (k.shape[-2],))
+    return q, k, v, mask
+
+
+def check_multi_head_attention_inputs(x_q, x_kv, params, num_heads, mask):
+    """Validate x_q (B, Tq, D), x_kv (B, Tk, D), the (D, D) and (D,) params, heads and mask."""
+    x_q, x_kv = as_float_array("x_q", x_q), as_float_array("x_kv", x_kv)
+    if x_q.ndim != 3:
+        raise ValueError(f"x_q must have shape (B, Tq, D), got shape {x_q.shape}")
+    b, _, d = x_q.shape
+    if x_kv.ndim != 3 or x_kv.shape[0] != b or x_kv.shape[2] != d:
+        raise ValueError(f"x_kv must have shape (B={b}, Tk, D={d}) to match x_q {x_q.shape}, got shape {x_kv.shape}")
+    if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    if d % num_heads != 0:
+        raise ValueError(f"d_model = {d} (last axis of x_q {x_q.shape}) must be divisible by num_heads = {num_heads}")
+    missing = [name for name in MHA_PARAM_NAMES if name not in params]
+    if missing:
+        raise ValueError(f"params is missing {missing}; multi-head attention needs {list(MHA_PARAM_NAMES)}")
+    checked = {}
+    for name in MHA_PARAM_NAMES:
+        p = as_float_array(f"params[{name!r}]", params[name])
+        expected = (d, d) if name.startswith("W") else (d,)
+        if p.shape != expected:
+            raise ValueError(f"params[{name!r}] must have shape {expected} for d_model = {d}, got shape {p.shape}")
+        checked[name] = p
+    check_same_dtype(x_q=x_q, x_kv=x_kv, **{f"params[{n!r}]": p for n, p in checked.items()})
+    if mask is not None:
+        mask = as_mask(mask, (b, x_q.shape[1], x_kv.shape[1]))
+    return x_q, x_kv, checked, mask
