@@ -147,8 +147,8 @@ def scaled_dot_product_attention_forward(q, k, v, mask=None):
     # √d_k keeps the scores' variance near 1 when q and k have unit-variance entries (§3.2.1).
     scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float, so float32 stays float32
     # Eq. (1), Vaswani et al. 2017: Attention(Q, K, V) = softmax(QKᵀ / √d_k) V
-    scores = q @ k.swapaxes(-1, -2)  # (..., Tq, Tk)
-    scores *= scale
+    # (scaling Q, of shape (Tq, dk), costs fewer multiplications than scaling the (Tq, Tk) scores)
+    scores = (q * scale) @ k.swapaxes(-1, -2)  # (..., Tq, Tk)
     weights, softmax_cache = softmax_forward(scores, axis=-1, mask=mask)  # (..., Tq, Tk)
     out = weights @ v  # (..., Tq, dv)
     # END SOLUTION
@@ -166,9 +166,10 @@ def scaled_dot_product_attention_backward(dout, cache):
     # A = softmax(S) along the keys
     dscores = softmax_backward(dweights, softmax_cache)  # (..., Tq, Tk)
     # S = scale · Q Kᵀ  ⇒  dQ = scale · dS K  and  dK = scale · dSᵀ Q
-    dscores *= scale
     dq = dscores @ k  # (..., Tq, dk)
+    dq *= scale
     dk = dscores.swapaxes(-1, -2) @ q  # (..., Tk, dk)
+    dk *= scale
     # END SOLUTION
     return dq, dk, dv
 
