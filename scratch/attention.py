@@ -45,11 +45,12 @@ def softmax_forward(x, axis=-1, mask=None):
     # softmax(x) = softmax(x − m) for any constant m; with m = max_j x_j every exponent is ≤ 0,
     # so exp never overflows, and the largest term is exp(0) = 1, so the sum is ≥ 1.
     # x belongs to the caller, so e is one new array and every later step works on it in place.
+    # initial=−inf: an empty slice has max −inf instead of raising (NumPy also reduces faster with it).
     if mask is None:
-        e = x - x.max(axis=axis, keepdims=True)  # (..., n)
+        e = x - x.max(axis=axis, keepdims=True, initial=-np.inf)  # (..., n)
     else:
         e = np.where(mask, x, -np.inf)  # (..., n), a masked entry becomes −inf: exp(−inf) = 0
-        m = e.max(axis=axis, keepdims=True)  # (..., 1)
+        m = e.max(axis=axis, keepdims=True, initial=-np.inf)  # (..., 1)
         m[m == -np.inf] = 0.0  # a slice with nothing kept has max −inf, and −inf − (−inf) is NaN
         e -= m
     np.exp(e, out=e)  # (..., n)
@@ -147,8 +148,8 @@ def scaled_dot_product_attention_forward(q, k, v, mask=None):
     # √d_k keeps the scores' variance near 1 when q and k have unit-variance entries (§3.2.1).
     scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float, so float32 stays float32
     # Eq. (1), Vaswani et al. 2017: Attention(Q, K, V) = softmax(QKᵀ / √d_k) V
-    # (scaling Q, of shape (Tq, dk), costs fewer multiplications than scaling the (Tq, Tk) scores)
-    scores = (q * scale) @ k.swapaxes(-1, -2)  # (..., Tq, Tk)
+    scores = q @ k.swapaxes(-1, -2)  # (..., Tq, Tk)
+    scores *= scale  # in place: scores is ours, and a new (Tq, Tk) array costs more than the pass
     weights, softmax_cache = softmax_forward(scores, axis=-1, mask=mask)  # (..., Tq, Tk)
     out = weights @ v  # (..., Tq, dv)
     # END SOLUTION
@@ -166,6 +167,7 @@ def scaled_dot_product_attention_backward(dout, cache):
     # A = softmax(S) along the keys
     dscores = softmax_backward(dweights, softmax_cache)  # (..., Tq, Tk)
     # S = scale · Q Kᵀ  ⇒  dQ = scale · dS K  and  dK = scale · dSᵀ Q
+    # (the scale goes on the (T·, dk) products, smaller than the (Tq, Tk) dS)
     dq = dscores @ k  # (..., Tq, dk)
     dq *= scale
     dk = dscores.swapaxes(-1, -2) @ q  # (..., Tk, dk)
