@@ -1,0 +1,51 @@
+"""python -m scratch train MODEL [--data D] [--steps N] [--seed S] [--out DIR] [--resume]
+
+Trains a NumPy model and writes DIR/metrics.json and DIR/checkpoint.npz (scratch/runs.py).
+The ports have the same command line: python -m ports.torch train vae, and so on.
+"""
+
+import argparse
+import json
+import sys
+
+MODELS = ("vae",)
+
+
+def build_parser(prog, implementation):
+    parser = argparse.ArgumentParser(prog=prog, description=f"Train a model with the {implementation} implementation.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a model and write metrics.json and checkpoint.npz")
+    train.add_argument("model", choices=MODELS)
+    train.add_argument("--data", default="digits", help="digits (bundled, default) or mnist:DIR (IDX files you have)")
+    train.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    train.add_argument("--eval-every", type=int, default=500)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    vae = train.add_argument_group("vae")
+    vae.add_argument("--z-dim", type=int, default=2, help="latent width (default 2, to plot it)")
+    vae.add_argument("--hidden", type=int, default=128, help="hidden width; 0 = linear encoder and decoder")
+    vae.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
+    return parser
+
+
+def main(argv=None, prog="python -m scratch", implementation="scratch", trainers=None):
+    args = build_parser(prog, implementation).parse_args(argv)
+    if args.steps < 1 or args.eval_every < 1 or args.batch_size < 1:
+        raise SystemExit("--steps, --eval-every and --batch-size must be positive")
+    if args.out is None:
+        args.out = f"runs/{args.model}-{implementation}"
+    from scratch import train
+
+    make_trainer = (trainers or {}).get(args.model, train.ScratchVAETrainer)
+    metrics = train.train_vae(args, make_trainer)
+    final = metrics["final"]
+    print(json.dumps({"out": args.out, "wall_time_s": round(metrics["wall_time_s"], 2), "final": final}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
