@@ -68,9 +68,11 @@ def _plain(value):
 
 def batch_for_step(step, n, batch_size, seed):
     """Indices of the examples that 1-based step `step` trains on: epochs of a fresh permutation."""
+    from scratch.data import epoch_order
+
     per_epoch = math.ceil(n / batch_size)
     epoch, position = divmod(step - 1, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)  # a pure function of (seed, epoch)
+    order = epoch_order(n, seed, epoch)  # a pure function of (seed, epoch)
     return order[position * batch_size : (position + 1) * batch_size]
 
 

@@ -1,0 +1,203 @@
+"""Data: scikit-learn's bundled digits, MNIST IDX files already on disk, and the epoch order.
+
+Shape letters: N examples, P pixels per image (64 for the 8×8 digits, 784 for 28×28 MNIST).
+
+Nothing here downloads. The digits ship inside scikit-learn (imported only when they are
+loaded); MNIST is read from IDX files the user already has. Every loader returns
+(x, labels): x of shape (N, P) with pixels scaled to [0, 1], labels int64 of shape (N,).
+
+The order in which an epoch visits the examples is a pure function of (seed, epoch), so a run
+resumed from a checkpoint at epoch e sees exactly the batches the uninterrupted run would have.
+"""
+
+import gzip
+import math
+import os
+import struct
+import zlib
+
+import numpy as np
+
+DIGITS_TRAIN = 1437  # the first 1,437 of scikit-learn's 1,797 digits train, the last 360 test
+SPLITS = ("train", "test", "all")
+
+
+def _check_split(split):
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split
+
+
+def _check_float_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"dtype must be a floating dtype (float32 or float64), got {dtype}")
+    return dtype
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum}, got {value}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Digits: scikit-learn's 1,797 8×8 images (UCI optdigits test set), shipped inside the package
+# ----------------------------------------------------------------------------------------------
+
+
+def load_digits(split, dtype=np.float64):
+    """(x (N, 64) in [0, 1], labels int64 (N,)) in scikit-learn's order.
+
+    split: "train" (the first 1,437 images), "test" (the last 360) or "all" (1,797).
+    Pixels are counts 0 … 16 (ink in 4×4 blocks of a 32×32 bitmap), divided by 16.
+    """
+    split, dtype = _check_split(split), _check_float_dtype(dtype)
+    try:
+        from sklearn.datasets import load_digits as sklearn_load_digits
+    except ImportError as error:
+        raise ImportError("load_digits needs scikit-learn (pip install scikit-learn), which ships the digits") from error
+    digits = sklearn_load_digits()
+    x = digits.data.astype(dtype)  # (1797, 64), integers 0 … 16, exact in any float dtype
+    x /= 16.0  # (1797, 64), in [0, 1]; a division by a power of 2 is exact
+    labels = digits.target.astype(np.int64)  # (1797,)
+    rows = {"train": slice(0, DIGITS_TRAIN), "test": slice(DIGITS_TRAIN, None), "all": slice(None)}[split]
+    return x[rows], labels[rows]
+
+
+# ----------------------------------------------------------------------------------------------
+# IDX files (LeCun, Cortes & Burges, the MNIST database): a user's own MNIST, Fashion-MNIST, ...
+# ----------------------------------------------------------------------------------------------
+
+# Third byte of the magic number → (element type, stored big-endian, its name in the format)
+IDX_TYPES = {
+    0x08: (np.dtype(">u1"), "unsigned byte"),
+    0x09: (np.dtype(">i1"), "signed byte"),
+    0x0B: (np.dtype(">i2"), "short (2 bytes)"),
+    0x0C: (np.dtype(">i4"), "int (4 bytes)"),
+    0x0D: (np.dtype(">f4"), "float (4 bytes)"),
+    0x0E: (np.dtype(">f8"), "double (8 bytes)"),
+}
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_idx(path):
+    """The array stored in the IDX file at `path`, gzipped or not, in native byte order.
+
+    Layout: a 4-byte magic number 0x00 0x00 <type code> <number of dimensions n>, then n sizes
+    (big-endian uint32), then the data, big-endian, last index fastest (C order). The dtype
+    follows the type code (0x08 → uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32,
+    0x0E float64), the shape the sizes. A malformed or truncated file raises ValueError.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as file:
+        raw = file.read()
+    # Gzip is told by its magic bytes, not by the name: browsers often unpack a download and
+    # keep the ".gz", and an IDX file always starts with 0x00 0x00, never with gzip's 0x1f 0x8b.
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ValueError(f"{path}: a damaged or truncated gzip file ({error})") from error
+    if len(raw) < 4:
+        raise ValueError(f"{path}: {len(raw)} bytes is too short for an IDX file, which starts with a 4-byte magic number")
+    if raw[:2] != b"\x00\x00":
+        raise ValueError(f"{path}: not an IDX file: the magic number must start with two zero bytes, got 0x{raw[:4].hex()}")
+    code, ndim = raw[2], raw[3]
+    if code not in IDX_TYPES:
+        known = ", ".join(f"0x{c:02X} {name}" for c, (_, name) in IDX_TYPES.items())
+        raise ValueError(f"{path}: unknown IDX type code 0x{code:02X} in the magic number (known: {known})")
+    if ndim == 0:
+        raise ValueError(f"{path}: the IDX magic number gives 0 dimensions; an IDX array has at least 1")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated header: {ndim} dimensions need {header} bytes, the file has {len(raw)}")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype, type_name = IDX_TYPES[code]
+    count = math.prod(shape)
+    expected, got = count * dtype.itemsize, len(raw) - header
+    if got < expected:
+        raise ValueError(
+            f"{path}: truncated data: shape {shape} of {type_name} needs {expected} bytes after the "
+            f"{header}-byte header, the file has {got}"
+        )
+    if got > expected:
+        raise ValueError(f"{path}: {got - expected} bytes left over after the data of shape {shape} of {type_name}")
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=header)  # big-endian, read-only
+    return data.reshape(shape).astype(dtype.newbyteorder("="))  # a native-order, writeable copy
+
+
+MNIST_FILES = {  # split → (images, labels), the names of the original distribution
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find(directory, stem):
+    """The path of `stem` or `stem.gz` in `directory` (the plain file first: it reads faster)."""
+    for name in (stem, stem + ".gz"):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"neither {stem} nor {stem}.gz is in {os.fspath(directory)!r}; load_mnist reads MNIST files "
+        f"you already have (nothing is downloaded)"
+    )
+
+
+def _load_mnist_split(directory, split, dtype):
+    images_path, labels_path = (_find(directory, stem) for stem in MNIST_FILES[split])
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"{images_path}: MNIST images must be unsigned bytes of shape (N, rows, cols), "
+                         f"got {images.dtype} of shape {images.shape}")
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise ValueError(f"{labels_path}: MNIST labels must be unsigned bytes of shape (N,), got {labels.dtype} of shape {labels.shape}")
+    if len(labels) != len(images):
+        raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+    x = images.reshape(len(images), -1).astype(dtype)  # (N, P), P = rows · cols = 784 for MNIST
+    x /= 255.0  # (N, P), in [0, 1], rounded once, in the target dtype
+    return x, labels.astype(np.int64)  # (N, P), (N,)
+
+
+def load_mnist(directory, split, dtype=np.float64):
+    """(x (N, 784) in [0, 1], labels int64 (N,)) from the MNIST IDX files in `directory`.
+
+    split: "train" (train-images-idx3-ubyte, train-labels-idx1-ubyte), "test" (t10k-…) or "all"
+    (train, then test). Each file may be gzipped, with or without the ".gz" suffix.
+    """
+    split, dtype = _check_split(split), _check_float_dtype(dtype)
+    if split != "all":
+        return _load_mnist_split(directory, split, dtype)
+    (x_train, y_train), (x_test, y_test) = (_load_mnist_split(directory, s, dtype) for s in ("train", "test"))
+    if x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(f"train images have {x_train.shape[1]} pixels but test images {x_test.shape[1]}")
+    return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
+
+
+# ----------------------------------------------------------------------------------------------
+# The order of an epoch: a pure function of (seed, epoch)
+# ----------------------------------------------------------------------------------------------
+
+
+def epoch_order(n, seed, epoch):
+    """The permutation of range(n) that epoch `epoch` visits, int64 of shape (n,).
+
+    It depends on (seed, epoch) alone, through np.random.default_rng([seed, epoch]), never on
+    how many epochs ran before in this process: a resumed run replays the same order.
+    """
+    n, seed, epoch = _check_int("n", n, 0), _check_int("seed", seed, 0), _check_int("epoch", epoch, 0)
+    return np.random.default_rng([seed, epoch]).permutation(n)  # (n,)
+
+
+def minibatches(n, batch_size, seed, epoch):
+    """The index arrays of one epoch's minibatches, in epoch_order(n, seed, epoch).
+
+    Every batch has `batch_size` indices except the last, which keeps the remainder. To resume
+    after k batches of an epoch: itertools.islice(minibatches(n, batch_size, seed, epoch), k, None).
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    order = epoch_order(n, seed, epoch)  # (n,)
+    return (order[start:start + batch_size] for start in range(0, len(order), batch_size))
