@@ -396,3 +396,12 @@ def test_a_state_without_buffers_cannot_resume_adam():
     opt.load_state_dict({"t": np.array(5)})
     with pytest.raises(ValueError, match=r"'m' buffers for \[\], but params has \['W'\]"):
         opt.step({"W": np.ones(2)}, {"W": np.ones(2)})
+
+
+def test_step_decay():
+    from scratch.optim import step_decay
+
+    schedule = step_decay(3e-3, [10, 20], [1 / 3, 1 / 15])
+    assert [schedule(s) for s in (1, 10, 11, 20, 21)] == [3e-3, 3e-3, 3e-3 / 3, 3e-3 / 3, 3e-3 / 15]
+    with pytest.raises(ValueError, match="boundaries must be increasing"):
+        step_decay(1e-3, [20, 10], [0.5, 0.1])

@@ -51,7 +51,7 @@ def test_port_training_trajectory_equals_scratch(impl, config):
         assert_close(final[name], value, impl=impl, what=f"{name} after {STEPS} steps")
 
 
-@pytest.mark.parametrize("impl", ("scratch",) + TRAINED_PORTS)
+@pytest.mark.parametrize("impl", ("scratch",) + TRAINED_PORTS + ("keras",))
 def test_port_run_resumes_exactly(impl, tmp_path):
     trainer = trainer_class(impl)
 

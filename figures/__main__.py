@@ -19,6 +19,7 @@ FIGURES = [
     "attention_masks",
     "attention_scale",
     "port_errors",
+    "vae",
 ]
 
 DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))

@@ -275,3 +275,21 @@ def transformer_schedule(d_model, warmup):
 
     schedule.__qualname__ = f"transformer_schedule(d_model={d_model}, warmup={warmup})"
     return schedule
+
+
+def step_decay(lr, boundaries, factors):
+    """lr · factors[i] once step > boundaries[i] (the last boundary passed wins); lr before the first.
+
+    step_decay(3e-3, [5000, 8000], [1/3, 1/15]) trains at 3e-3, then 1e-3, then 2e-4: a large rate
+    to get near the optimum fast, smaller ones to settle into it despite the gradient noise.
+    """
+    lr = _check_lr(lr)
+    if len(boundaries) != len(factors) or list(boundaries) != sorted(boundaries):
+        raise ValueError(f"boundaries must be increasing and match factors one to one, got {boundaries} and {factors}")
+
+    def schedule(step):
+        passed = [f for b, f in zip(boundaries, factors) if step > b]
+        return lr * passed[-1] if passed else lr
+
+    schedule.__qualname__ = f"step_decay({lr!r}, {list(boundaries)!r}, {list(factors)!r})"
+    return schedule

@@ -1,0 +1,9 @@
+"""python -m ports.keras train MODEL: the command line of scratch, trained with Keras 3."""
+
+import sys
+
+from ports.keras.train import TRAINERS
+from scratch.__main__ import main
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m ports.keras", implementation="keras", trainers=TRAINERS))
