@@ -131,3 +131,98 @@ def multi_head_cases(draw, dtype, masked=None, empty_rows=False, self_attention=
         masked = draw(st.booleans()) or empty_rows
     mask = draw(masks((b, tq, tk), empty_rows)) if masked else None
     return MultiHeadCase(x_q, x_kv, params, num_heads, mask, draw(floats(dtype, (b, tq, d))))
+
+
+# ----------------------------------------------------------------------------------------------
+# The VAE (scratch/vae.py): latent Gaussians, the two decoder likelihoods, the whole model
+# ----------------------------------------------------------------------------------------------
+
+
+def unit_floats(dtype, shape):
+    """Arrays in [0, 1]: data for a Bernoulli likelihood (grey levels included, not just 0 and 1)."""
+    width = 8 * np.dtype(dtype).itemsize
+    elements = st.floats(0.0, 1.0, width=width, allow_subnormal=False)
+    return hnp.arrays(dtype, shape, elements=elements)
+
+
+class LatentCase(NamedTuple):
+    mu: np.ndarray  # (B, Z)
+    log_var: np.ndarray  # (B, Z)
+    eps: np.ndarray  # (B, Z)
+    dz: np.ndarray  # (B, Z), upstream gradient of the reparameterised z
+    dkl: np.ndarray  # (B,), upstream gradient of the KL
+
+
+@st.composite
+def latent_cases(draw, dtype):
+    """μ, log σ², ε of shape (B, Z) with B ≠ Z, and upstream gradients for z and the KL."""
+    b, z = draw(distinct_pair(1, 4))
+    mu, log_var, eps, dz = (draw(floats(dtype, (b, z))) for _ in range(4))
+    return LatentCase(mu, log_var, eps, dz, draw(floats(dtype, (b,))))
+
+
+class LikelihoodCase(NamedTuple):
+    x: np.ndarray  # (B, D)
+    decoded: np.ndarray  # (B, D): Bernoulli logits or Gaussian means
+    log_var: Optional[np.ndarray]  # Gaussian only, broadcastable to (B, D)
+    dll: np.ndarray  # (B,), upstream gradient of the log-likelihood
+
+
+@st.composite
+def bernoulli_cases(draw, dtype):
+    """x in [0, 1] and logits of shape (B, D) with B ≠ D."""
+    b, d = draw(distinct_pair(1, 4))
+    return LikelihoodCase(draw(unit_floats(dtype, (b, d))), draw(floats(dtype, (b, d))), None, draw(floats(dtype, (b,))))
+
+
+# The shapes a Gaussian log-variance may have against x (B, D): per pixel and example, per pixel,
+# one shared by everything (the VAE's decoder), and the two partial broadcasts.
+LOG_VAR_SHAPES = {"(B, D)": lambda b, d: (b, d), "(D,)": lambda b, d: (d,), "()": lambda b, d: (),
+                  "(1, D)": lambda b, d: (1, d), "(B, 1)": lambda b, d: (b, 1)}
+
+
+@st.composite
+def gaussian_likelihood_cases(draw, dtype, log_var_shape=None):
+    """x, mean of shape (B, D) with B ≠ D, and log_var of one of LOG_VAR_SHAPES (drawn if not named)."""
+    b, d = draw(distinct_pair(1, 4))
+    shape = LOG_VAR_SHAPES[log_var_shape or draw(st.sampled_from(sorted(LOG_VAR_SHAPES)))](b, d)
+    x, mean = draw(floats(dtype, (b, d))), draw(floats(dtype, (b, d)))
+    return LikelihoodCase(x, mean, draw(floats(dtype, shape)), draw(floats(dtype, (b,))))
+
+
+class VAECase(NamedTuple):
+    x: np.ndarray  # (B, D)
+    params: dict  # the scratch layout, parameter_shapes(config)
+    eps: np.ndarray  # (B, Z)
+    config: object  # scratch.vae.VAEConfig
+    dloss: float
+
+
+VAE_KINDS = ("bernoulli MLP", "gaussian MLP", "linear gaussian")
+
+
+@st.composite
+def vae_cases(draw, dtype, kind):
+    """A small VAE of one of VAE_KINDS, its parameters, data and noise.
+
+    B, D, Z and H are four different sizes (no transposed axis hides behind a square shape).
+    The parameters are many numbers and none is special, so they come from a NumPy generator
+    seeded by Hypothesis (drawing each element through Hypothesis made the model checks slow):
+    weights uniform at Glorot's scale ±1/√fan_in, biases and the decoder log-variance in [-1, 1],
+    so log σ² stays within a few units and float32 keeps its precision. x and ε are drawn
+    element by element, edge values included (x exactly 0 or 1, ε = 0).
+    """
+    from scratch.vae import VAEConfig, parameter_shapes
+
+    b, d, z, h = draw(st.lists(st.integers(1, 5), min_size=4, max_size=4, unique=True), label="B, D, Z, H")
+    config = VAEConfig(x_dim=d, z_dim=z, hidden=0 if kind == "linear gaussian" else h,
+                       likelihood="bernoulli" if kind == "bernoulli MLP" else "gaussian")
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="parameter seed"))
+    params = {}
+    for name, shape in parameter_shapes(config).items():
+        bound = 1.0 / np.sqrt(shape[0]) if len(shape) == 2 else 1.0
+        params[name] = rng.uniform(-bound, bound, size=shape).astype(dtype)
+    x = draw(unit_floats(dtype, (b, d)) if config.likelihood == "bernoulli" else floats(dtype, (b, d), bound=2.0))
+    eps = draw(floats(dtype, (b, z), bound=2.0))
+    dloss = draw(st.sampled_from([1.0, -0.5, 2.0]))
+    return VAECase(x, params, eps, config, dloss)

@@ -35,6 +35,57 @@ def _check_pair(name_a, a, name_b, b):
     return a, b
 
 
+def check_likelihood_inputs(x, mean_or_logits, log_var=None):
+    """Bernoulli (log_var None: x in [0, 1], logits) or Gaussian (x, mean, log_var) inputs."""
+    if log_var is None:
+        x, logits = as_float_array("x", x), as_float_array("logits", mean_or_logits)
+        if x.shape != logits.shape or x.ndim != 2:
+            raise ValueError(f"x and logits must share one shape (B, D), got x {x.shape} and logits {logits.shape}")
+        if np.any(np.isnan(x)):
+            raise ValueError(f"x must lie in [0, 1] for a Bernoulli likelihood, got NaN (x has shape {x.shape})")
+        if x.size and (np.min(x) < 0.0 or np.max(x) > 1.0):
+            raise ValueError(f"x must lie in [0, 1] for a Bernoulli likelihood, got values in [{np.min(x)}, {np.max(x)}]")
+        check_same_dtype(x=x, logits=logits)
+        return x, logits
+    x, mean, log_var = as_float_array("x", x), as_float_array("mean", mean_or_logits), as_float_array("log_var", log_var)
+    if x.shape != mean.shape or x.ndim != 2:
+        raise ValueError(f"x and mean must share one shape (B, D), got x {x.shape} and mean {mean.shape}")
+    try:
+        broadcasts = np.broadcast_shapes(log_var.shape, x.shape) == x.shape
+    except ValueError:
+        broadcasts = False
+    if not broadcasts:
+        raise ValueError(f"log_var must broadcast to x {x.shape}: shape (B, D), (D,) or (), got shape {log_var.shape}")
+    check_same_dtype(x=x, mean=mean, log_var=log_var)
+    return x, mean, log_var
+
+
+def check_vae_params(params, config):
+    """Exactly the names and shapes of parameter_shapes(config), all of one floating dtype."""
+    expected = parameter_shapes(config)
+    if set(params) != set(expected):
+        raise ValueError(f"params must have the keys {sorted(expected)}, got {sorted(params)}")
+    checked = {name: as_float_array(f"params[{name!r}]", params[name]) for name in expected}
+    for name, shape in expected.items():
+        if checked[name].shape != shape:
+            raise ValueError(f"params[{name!r}] must have shape {shape}, got shape {checked[name].shape}")
+    check_same_dtype(**{f"params[{name!r}]": p for name, p in checked.items()})
+    return checked
+
+
+def check_vae_inputs(x, params, eps, config):
+    """x (B, D), eps (B, Z) and params, all of one dtype."""
+    x = as_float_array("x", x)
+    if x.ndim != 2 or x.shape[1] != config.x_dim:
+        raise ValueError(f"x must have shape (B, D={config.x_dim}), got shape {x.shape}")
+    eps = as_float_array("eps", eps)
+    if eps.shape != (x.shape[0], config.z_dim):
+        raise ValueError(f"eps must have shape (B={x.shape[0]}, Z={config.z_dim}), got shape {eps.shape}")
+    params = check_vae_params(params, config)
+    check_same_dtype(x=x, eps=eps, params=next(iter(params.values())))
+    return x, params, eps
+
+
 # ----------------------------------------------------------------------------------------------
 # The reparameterisation trick
 # ----------------------------------------------------------------------------------------------
@@ -128,14 +179,10 @@ def _sigmoid(t):
 def bernoulli_log_likelihood_forward(x, logits):
     """log p(x | logits) = Σ_d x_d log p_d + (1 − x_d) log(1 − p_d), p = sigmoid(logits); shape (B,).
 
-    x may be any value in [0, 1] (grey levels are the usual 'continuous Bernoulli' shortcut).
+    x may be any value in [0, 1]. For grey levels this is the common shortcut, not a normalised
+    density: the continuous Bernoulli (Loaiza-Ganem and Cunningham, 2019) adds the missing constant.
     """
-    x, logits = as_float_array("x", x), as_float_array("logits", logits)
-    if x.shape != logits.shape or x.ndim != 2:
-        raise ValueError(f"x and logits must share one shape (B, D), got x {x.shape} and logits {logits.shape}")
-    if x.size and (np.min(x) < 0.0 or np.max(x) > 1.0):
-        raise ValueError(f"x must lie in [0, 1] for a Bernoulli likelihood, got values in [{np.min(x)}, {np.max(x)}]")
-    check_same_dtype(x=x, logits=logits)
+    x, logits = check_likelihood_inputs(x, logits)
     # BEGIN SOLUTION
     # HINT: log p = −softplus(−l) and log(1 − p) = −softplus(l); combine them.
     # log σ(l) = −softplus(−l), log(1 − σ(l)) = −softplus(l)  ⇒  x·l − softplus(l), stable for any l
@@ -166,16 +213,7 @@ def gaussian_log_likelihood_forward(x, mean, log_var):
     `log_var` broadcasts against x (B, D): shape (B, D), (D,) or () for one variance shared by
     every pixel; its gradient comes back in its own shape.
     """
-    x, mean, log_var = as_float_array("x", x), as_float_array("mean", mean), as_float_array("log_var", log_var)
-    if x.shape != mean.shape or x.ndim != 2:
-        raise ValueError(f"x and mean must share one shape (B, D), got x {x.shape} and mean {mean.shape}")
-    try:
-        broadcasts = np.broadcast_shapes(log_var.shape, x.shape) == x.shape
-    except ValueError:
-        broadcasts = False
-    if not broadcasts:
-        raise ValueError(f"log_var must broadcast to x {x.shape}: shape (B, D), (D,) or (), got shape {log_var.shape}")
-    check_same_dtype(x=x, mean=mean, log_var=log_var)
+    x, mean, log_var = check_likelihood_inputs(x, mean, log_var)
     # BEGIN SOLUTION
     residual = x - mean  # (B, D)
     inv_var = np.exp(-log_var)  # broadcasts against (B, D)
@@ -323,15 +361,7 @@ def decode_backward(dout, caches, config):
 
 def vae_forward(x, params, eps, config):
     """One reparameterised pass: x (B, D) data, eps (B, Z) the noise. Returns (VAEOutput, cache)."""
-    x = as_float_array("x", x)
-    if x.ndim != 2 or x.shape[1] != config.x_dim:
-        raise ValueError(f"x must have shape (B, D={config.x_dim}), got shape {x.shape}")
-    eps = as_float_array("eps", eps)
-    if eps.shape != (x.shape[0], config.z_dim):
-        raise ValueError(f"eps must have shape (B={x.shape[0]}, Z={config.z_dim}), got shape {eps.shape}")
-    expected = parameter_shapes(config)
-    if set(params) != set(expected):
-        raise ValueError(f"params must have the keys {sorted(expected)}, got {sorted(params)}")
+    x, params, eps = check_vae_inputs(x, params, eps, config)
     # BEGIN SOLUTION
     # HINT: encode, reparameterize, decode, then the two terms of the ELBO.
     mu, log_var, encoder_cache = encode(x, params, config)  # (B, Z) each
@@ -406,6 +436,8 @@ def ppca_log_likelihood(x, z_dim):
     """
     x = np.asarray(x, dtype=np.float64)
     n, d = x.shape
+    if not 1 <= z_dim < d:
+        raise ValueError(f"z_dim must lie in [1, D) = [1, {d}) for x of shape {x.shape}, got {z_dim}")
     centred = x - x.mean(axis=0)  # (N, D)
     eigenvalues = np.linalg.eigvalsh(centred.T @ centred / n)[::-1]  # (D,), descending
     sigma2 = float(np.mean(eigenvalues[z_dim:]))
