@@ -16,10 +16,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scratch.validate import as_float_array, as_mask, check_ndim, check_same_dtype
-
-MHA_PARAM_NAMES = ("W_q", "W_k", "W_v", "W_o", "b_q", "b_k", "b_v", "b_o")
-
+from scratch.validate import (
+    MHA_PARAM_NAMES,
+    as_float_array,
+    as_mask,
+    check_attention_inputs,
+    check_multi_head_attention_inputs,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Softmax
@@ -47,7 +50,8 @@ def softmax_forward(x, axis=-1, mask=None):
     # x belongs to the caller, so e is one new array and every later step works on it in place.
     # initial=−inf: an empty slice has max −inf instead of raising (NumPy also reduces faster with it).
     if mask is None:
-        e = x - x.max(axis=axis, keepdims=True, initial=-np.inf)  # (..., n)
+        m = x.max(axis=axis, keepdims=True, initial=-np.inf)  # (..., 1)
+        e = x - m  # (..., n)
     else:
         e = np.where(mask, x, -np.inf)  # (..., n), a masked entry becomes −inf: exp(−inf) = 0
         m = e.max(axis=axis, keepdims=True, initial=-np.inf)  # (..., 1)
@@ -119,37 +123,19 @@ class AttentionCache(NamedTuple):
     softmax: SoftmaxCache
 
 
-def _check_qkv(q, k, v, mask):
-    q, k, v = as_float_array("q", q), as_float_array("k", k), as_float_array("v", v)
-    check_ndim("q", q, 2, "(..., Tq, dk)")
-    check_ndim("k", k, 2, "(..., Tk, dk)")
-    check_ndim("v", v, 2, "(..., Tk, dv)")
-    check_same_dtype(q=q, k=k, v=v)
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"k must have shape (..., Tk, dk={q.shape[-1]}) to match q {q.shape}, got shape {k.shape}")
-    if v.shape[-2] != k.shape[-2]:
-        raise ValueError(f"v must have shape (..., Tk={k.shape[-2]}, dv) to match k {k.shape}, got shape {v.shape}")
-    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
-        raise ValueError(f"q, k and v must share their leading axes, got q {q.shape}, k {k.shape}, v {v.shape}")
-    scores_shape = q.shape[:-1] + (k.shape[-2],)
-    if mask is not None:
-        mask = as_mask(mask, scores_shape)
-    return q, k, v, mask
-
-
 def scaled_dot_product_attention_forward(q, k, v, mask=None):
     """Attention(Q, K, V) = softmax(QKᵀ/√d_k) V for q (..., Tq, dk), k (..., Tk, dk), v (..., Tk, dv).
 
     `mask`, boolean and broadcastable to (..., Tq, Tk), is True where query i may attend to key j.
     """
-    q, k, v, mask = _check_qkv(q, k, v, mask)
+    q, k, v, mask = check_attention_inputs(q, k, v, mask)
     # BEGIN SOLUTION
     # HINT: three lines: scores, softmax over the keys (pass the mask), weighted sum of values.
     # √d_k keeps the scores' variance near 1 when q and k have unit-variance entries (§3.2.1).
     scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float, so float32 stays float32
     # Eq. (1), Vaswani et al. 2017: Attention(Q, K, V) = softmax(QKᵀ / √d_k) V
     scores = q @ k.swapaxes(-1, -2)  # (..., Tq, Tk)
-    scores *= scale  # in place: scores is ours, and a new (Tq, Tk) array costs more than the pass
+    scores *= scale
     weights, softmax_cache = softmax_forward(scores, axis=-1, mask=mask)  # (..., Tq, Tk)
     out = weights @ v  # (..., Tq, dv)
     # END SOLUTION
@@ -202,40 +188,13 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
 
 
-def _check_mha(x_q, x_kv, params, num_heads, mask):
-    x_q, x_kv = as_float_array("x_q", x_q), as_float_array("x_kv", x_kv)
-    if x_q.ndim != 3:
-        raise ValueError(f"x_q must have shape (B, Tq, D), got shape {x_q.shape}")
-    b, _, d = x_q.shape
-    if x_kv.ndim != 3 or x_kv.shape[0] != b or x_kv.shape[2] != d:
-        raise ValueError(f"x_kv must have shape (B={b}, Tk, D={d}) to match x_q {x_q.shape}, got shape {x_kv.shape}")
-    if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
-        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
-    if d % num_heads != 0:
-        raise ValueError(f"d_model = {d} (last axis of x_q {x_q.shape}) must be divisible by num_heads = {num_heads}")
-    missing = [name for name in MHA_PARAM_NAMES if name not in params]
-    if missing:
-        raise ValueError(f"params is missing {missing}; multi-head attention needs {list(MHA_PARAM_NAMES)}")
-    checked = {}
-    for name in MHA_PARAM_NAMES:
-        p = as_float_array(f"params[{name!r}]", params[name])
-        expected = (d, d) if name.startswith("W") else (d,)
-        if p.shape != expected:
-            raise ValueError(f"params[{name!r}] must have shape {expected} for d_model = {d}, got shape {p.shape}")
-        checked[name] = p
-    check_same_dtype(x_q=x_q, x_kv=x_kv, **{f"params[{n!r}]": p for n, p in checked.items()})
-    if mask is not None:
-        mask = as_mask(mask, (b, x_q.shape[1], x_kv.shape[1]))
-    return x_q, x_kv, checked, mask
-
-
 def multi_head_attention_forward(x_q, x_kv, params, num_heads, mask=None):
     """MultiHead(x_q, x_kv) for x_q (B, Tq, D), x_kv (B, Tk, D); self-attention when x_kv is x_q.
 
     `params` holds W_q W_k W_v W_o (D, D) and b_q b_k b_v b_o (D,). `mask`, boolean and
     broadcastable to (B, Tq, Tk), is shared by every head.
     """
-    x_q, x_kv, params, mask = _check_mha(x_q, x_kv, params, num_heads, mask)
+    x_q, x_kv, params, mask = check_multi_head_attention_inputs(x_q, x_kv, params, num_heads, mask)
     # BEGIN SOLUTION
     # HINT: project, split_heads, call scaled_dot_product_attention_forward once for all heads, merge_heads, project.
     # head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V); W_i^Q is the i-th block of Dh columns of W_q,
