@@ -32,6 +32,17 @@ def build_parser(prog, implementation):
     return parser
 
 
+def progress_bar():
+    """A tqdm bar factory when stderr is a terminal and tqdm is installed, else None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return lambda total, initial: tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
 def main(argv=None, prog="python -m scratch", implementation="scratch", trainers=None):
     args = build_parser(prog, implementation).parse_args(argv)
     if args.steps < 1 or args.eval_every < 1 or args.batch_size < 1:
@@ -41,7 +52,7 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
     from scratch import train
 
     make_trainer = (trainers or {}).get(args.model, train.ScratchVAETrainer)
-    metrics = train.train_vae(args, make_trainer)
+    metrics = train.train_vae(args, make_trainer, make_bar=None if args.quiet else progress_bar())
     final = metrics["final"]
     print(json.dumps({"out": args.out, "wall_time_s": round(metrics["wall_time_s"], 2), "final": final}, indent=2))
     return 0

@@ -13,7 +13,6 @@ it had never stopped. Files written to the run's folder:
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 
@@ -84,20 +83,11 @@ def noise_for_step(step, seed, shape, dtype=np.float64, stream=TRAIN_NOISE):
     return np.random.default_rng([seed, stream, step]).standard_normal(shape).astype(dtype)
 
 
-def _progress(total, initial, enabled):
-    if enabled and sys.stderr.isatty():
-        try:
-            from tqdm import tqdm
-
-            return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-        except ImportError:
-            pass
-    return None
-
-
-def run_training(trainer, out_dir, steps, seed, eval_every, resume=False, progress=True, describe=None):
+def run_training(trainer, out_dir, steps, seed, eval_every, resume=False, make_bar=None, describe=None):
     """Train `trainer` for `steps` steps, evaluating every `eval_every`; write metrics and checkpoint.
 
+    `make_bar(total, initial)`, if given, returns a progress bar (update, set_postfix, close), as
+    tqdm's does; the command line passes one on a terminal.
     `trainer` provides: `train_step(step) -> float` (one optimizer step, batch and noise chosen
     from the step number), `evaluate() -> dict` of figures, `state() -> dict of arrays` in the
     scratch layout, `load_state(arrays)`, and `config() -> dict`.
@@ -117,7 +107,7 @@ def run_training(trainer, out_dir, steps, seed, eval_every, resume=False, progre
                 previous = json.load(f)
             history = [h for h in previous.get("history", []) if h["step"] <= start]
             elapsed = previous.get("wall_time_s", 0.0)
-    bar = _progress(steps, start, progress)
+    bar = make_bar(steps, start) if make_bar is not None else None
     began = time.perf_counter()
     losses = []
     for step in range(start + 1, steps + 1):

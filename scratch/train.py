@@ -91,10 +91,10 @@ def describe_vae(config, x_train):
     return None
 
 
-def train_vae(args, make_trainer=ScratchVAETrainer):
+def train_vae(args, make_trainer=ScratchVAETrainer, make_bar=None):
     """Train a VAE as the command line asks; shared by scratch and the ports' command lines."""
     x_train, x_test = load_vae_data(args.data)
     config = vae_config_from_args(args, x_train.shape[1])
     trainer = make_trainer(config, x_train, x_test, args.seed, batch_size=args.batch_size, lr=args.lr)
     return run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
-                        progress=not args.quiet, describe=describe_vae(config, x_train))
+                        make_bar=make_bar, describe=describe_vae(config, x_train))
