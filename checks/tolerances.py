@@ -52,3 +52,14 @@ def assert_close(actual, expected, *, impl, what, dtype=None):
         f"max rel error {relative.max():.3g} (tolerance rtol={tol.rtol:g}, atol={tol.atol:g} × scale {scale:.3g}); "
         f"worst at index {tuple(int(i) for i in worst)}: got {a[worst]!r}, expected {e[worst]!r}"
     )
+
+
+def assert_clear_error(impl, what, call, error, fragments):
+    """`call()` must raise `error` whose message names every one of `fragments` (argument, shapes)."""
+    import pytest
+
+    with pytest.raises(error) as raised:
+        call()
+    message = str(raised.value)
+    missing = [f for f in fragments if f not in message]
+    assert not missing, f"{impl}: the error for {what} should mention {missing}; it says: {message}"

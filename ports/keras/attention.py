@@ -195,12 +195,12 @@ def to_keras_multi_head_attention(params, num_heads):
 
 def from_keras_multi_head_attention(layer):
     """The scratch parameter dict of a built `keras.layers.MultiHeadAttention` (self-attention width D)."""
-    kernel = ops.convert_to_numpy(layer.query_dense.kernel)
+    kernel = layer.query_dense.kernel.numpy()
     d = kernel.shape[0]
     params = {}
     for dense, name in ((layer.query_dense, "q"), (layer.key_dense, "k"), (layer.value_dense, "v")):
-        params[f"W_{name}"] = ops.convert_to_numpy(dense.kernel).reshape(d, d)  # (D, H, Dh) → (D, D)
-        params[f"b_{name}"] = ops.convert_to_numpy(dense.bias).reshape(d)  # (H, Dh) → (D,)
-    params["W_o"] = ops.convert_to_numpy(layer.output_dense.kernel).reshape(d, d)  # (H, Dh, D) → (D, D)
-    params["b_o"] = ops.convert_to_numpy(layer.output_dense.bias)
+        params[f"W_{name}"] = dense.kernel.numpy().reshape(d, d)  # (D, H, Dh) → (D, D)
+        params[f"b_{name}"] = dense.bias.numpy().reshape(d)  # (H, Dh) → (D,)
+    params["W_o"] = layer.output_dense.kernel.numpy().reshape(d, d)  # (H, Dh, D) → (D, D)
+    params["b_o"] = layer.output_dense.bias.numpy()
     return {name: params[name] for name in MHA_PARAM_NAMES}
