@@ -42,28 +42,61 @@ def evaluate_vae(forward, x, config, seed, samples=EVAL_SAMPLES):
     return vae_figures(outputs)
 
 
-class ScratchVAETrainer:
-    """The NumPy VAE with Adam: train_step, evaluate, state and load_state for scratch/runs.py."""
+class VAETrainer:
+    """What every implementation's VAE trainer shares, for scratch/runs.py.
+
+    All start from scratch's `init_vae(config, default_rng(seed))`, train on the batch and noise
+    that the step number picks, and evaluate the same way. An implementation sets
+    IMPLEMENTATION and OPTIMIZER and writes `_build(params)` (model and optimizer from a scratch
+    parameter dict), `forward(x, eps) -> VAEOutput`, `_step(x, eps) -> loss`, `state()` and
+    `load_state(arrays)` (the checkpoint, in the scratch layout).
+    """
+
+    IMPLEMENTATION = OPTIMIZER = None
 
     def __init__(self, config, x_train, x_test, seed, batch_size=128, lr=1e-3):
         self.vae_config, self.x_train, self.x_test = config, x_train, x_test
         self.seed, self.batch_size, self.lr = seed, batch_size, lr
-        self.params = V.init_vae(config, np.random.default_rng(seed), dtype=x_train.dtype)
-        self.optimizer = Adam(lr)
-
-    def forward(self, x, eps):
-        return V.vae_forward(x, self.params, eps, self.vae_config)[0]
+        self._build(V.init_vae(config, np.random.default_rng(seed), dtype=x_train.dtype))
 
     def train_step(self, step):
         x = self.x_train[batch_for_step(step, len(self.x_train), self.batch_size, self.seed)]  # (B, D)
         eps = noise_for_step(step, self.seed, (len(x), self.vae_config.z_dim), x.dtype)  # (B, Z)
+        return self._step(x, eps)
+
+    def evaluate(self):
+        return {"train": evaluate_vae(self.forward, self.x_train, self.vae_config, self.seed),
+                "test": evaluate_vae(self.forward, self.x_test, self.vae_config, self.seed)}
+
+    def config(self):
+        return {"model": "vae", "implementation": self.IMPLEMENTATION, **self.vae_config._asdict(),
+                "batch_size": self.batch_size, "lr": self.lr, "optimizer": self.OPTIMIZER}
+
+
+def split_optimizer_state(arrays):
+    """The "optim.*" entries of a checkpoint, with the prefix removed."""
+    return {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
+
+
+class ScratchVAETrainer(VAETrainer):
+    """The NumPy VAE with scratch/optim.py's Adam."""
+
+    IMPLEMENTATION, OPTIMIZER = "scratch", "adam"
+
+    def _build(self, params):
+        self.params = params
+        self.optimizer = Adam(self.lr)
+
+    def forward(self, x, eps):
+        return V.vae_forward(x, self.params, eps, self.vae_config)[0]
+
+    def _step(self, x, eps):
         output, cache = V.vae_forward(x, self.params, eps, self.vae_config)
         self.optimizer.step(self.params, V.vae_backward(1.0, cache))
         return output.loss
 
     def evaluate(self):
-        figures = {"train": evaluate_vae(self.forward, self.x_train, self.vae_config, self.seed),
-                   "test": evaluate_vae(self.forward, self.x_test, self.vae_config, self.seed)}
+        figures = super().evaluate()
         if self.vae_config.hidden == 0 and self.vae_config.likelihood == "gaussian":
             figures["train_exact_elbo"] = float(V.linear_gaussian_elbo(self.x_train, self.params).mean())
         return figures
@@ -72,12 +105,8 @@ class ScratchVAETrainer:
         return {**self.params, **{f"optim.{k}": v for k, v in self.optimizer.state_dict().items()}}
 
     def load_state(self, arrays):
-        self.params = {name: arrays[name] for name in V.parameter_shapes(self.vae_config)}
-        self.optimizer.load_state_dict({k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")})
-
-    def config(self):
-        return {"model": "vae", "implementation": "scratch", **self.vae_config._asdict(),
-                "batch_size": self.batch_size, "lr": self.lr, "optimizer": "adam"}
+        self._build({name: arrays[name] for name in V.parameter_shapes(self.vae_config)})
+        self.optimizer.load_state_dict(split_optimizer_state(arrays))
 
 
 def vae_config_from_args(args, x_dim):

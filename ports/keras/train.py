@@ -13,15 +13,11 @@ import numpy as np
 
 from ports.keras.vae import from_keras_vae, to_keras_vae
 from scratch import vae as V
-from scratch.runs import batch_for_step
-from scratch.train import evaluate_vae
+from scratch.train import VAETrainer
 
 
-class KerasVAETrainer:
-    def __init__(self, config, x_train, x_test, seed, batch_size=128, lr=1e-3):
-        self.vae_config, self.x_train, self.x_test = config, x_train, x_test
-        self.seed, self.batch_size, self.lr = seed, batch_size, lr
-        self._build(V.init_vae(config, np.random.default_rng(seed), dtype=x_train.dtype))
+class KerasVAETrainer(VAETrainer):
+    IMPLEMENTATION, OPTIMIZER = "keras", "keras.optimizers.Adam"
 
     def _build(self, params):
         self.model = to_keras_vae(params, self.vae_config, seed=self.seed)
@@ -32,13 +28,9 @@ class KerasVAETrainer:
         out = self.model(x, eps=eps)
         return V.VAEOutput(float(out.loss), *(np.asarray(t) for t in (out.elbo, out.reconstruction, out.kl)), None, None, None, None)
 
-    def train_step(self, step):
-        x = self.x_train[batch_for_step(step, len(self.x_train), self.batch_size, self.seed)]  # (B, D)
+    def _step(self, x, eps):
+        # eps is not used: the model's Sampling layer draws the noise, as it does under fit
         return float(self.model.train_on_batch(x, return_dict=True)["loss"])
-
-    def evaluate(self):
-        return {"train": evaluate_vae(self.forward, self.x_train, self.vae_config, self.seed),
-                "test": evaluate_vae(self.forward, self.x_test, self.vae_config, self.seed)}
 
     def state(self):
         arrays = dict(from_keras_vae(self.model))
@@ -52,10 +44,6 @@ class KerasVAETrainer:
         for i, variable in enumerate(self.model.optimizer.variables):
             variable.assign(arrays[f"optim.keras.{i}"])
         self.model.sampling.seed_generator.state.assign(arrays["optim.keras.sampling_seed"])
-
-    def config(self):
-        return {"model": "vae", "implementation": "keras", **self.vae_config._asdict(),
-                "batch_size": self.batch_size, "lr": self.lr, "optimizer": "keras.optimizers.Adam"}
 
 
 TRAINERS = {"vae": KerasVAETrainer}

@@ -11,15 +11,11 @@ import torch
 
 from ports.torch.vae import _linear_layers, from_torch_vae, to_torch_vae
 from scratch import vae as V
-from scratch.runs import batch_for_step, noise_for_step
-from scratch.train import evaluate_vae
+from scratch.train import VAETrainer
 
 
-class TorchVAETrainer:
-    def __init__(self, config, x_train, x_test, seed, batch_size=128, lr=1e-3):
-        self.vae_config, self.x_train, self.x_test = config, x_train, x_test
-        self.seed, self.batch_size, self.lr = seed, batch_size, lr
-        self._build(V.init_vae(config, np.random.default_rng(seed), dtype=x_train.dtype))
+class TorchVAETrainer(VAETrainer):
+    IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
 
     def _build(self, params):
         self.module = to_torch_vae(params, self.vae_config)
@@ -40,18 +36,12 @@ class TorchVAETrainer:
             out = self.module(torch.from_numpy(x), torch.from_numpy(eps))
         return V.VAEOutput(float(out.loss), *(t.numpy() for t in (out.elbo, out.reconstruction, out.kl)), None, None, None, None)
 
-    def train_step(self, step):
-        x = self.x_train[batch_for_step(step, len(self.x_train), self.batch_size, self.seed)]  # (B, D)
-        eps = noise_for_step(step, self.seed, (len(x), self.vae_config.z_dim), x.dtype)  # (B, Z)
+    def _step(self, x, eps):
         self.optimizer.zero_grad()
         loss = self.module(torch.from_numpy(x), torch.from_numpy(eps)).loss
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
-
-    def evaluate(self):
-        return {"train": evaluate_vae(self.forward, self.x_train, self.vae_config, self.seed),
-                "test": evaluate_vae(self.forward, self.x_test, self.vae_config, self.seed)}
 
     def state(self):
         arrays = dict(from_torch_vae(self.module))
@@ -76,10 +66,6 @@ class TorchVAETrainer:
             m, v = (torch.from_numpy(np.array(arrays[f"optim.{k}.{name}"])) for k in ("m", "v"))
             self.optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": m.T.contiguous() if transposed else m,
                                        "exp_avg_sq": v.T.contiguous() if transposed else v}
-
-    def config(self):
-        return {"model": "vae", "implementation": "torch", **self.vae_config._asdict(),
-                "batch_size": self.batch_size, "lr": self.lr, "optimizer": "torch.optim.Adam"}
 
 
 TRAINERS = {"vae": TorchVAETrainer}
