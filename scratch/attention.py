@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from scratch.layers import LinearCache, linear_backward
 from scratch.validate import (
     MHA_PARAM_NAMES,
     as_float_array,
@@ -211,30 +212,23 @@ def multi_head_attention_forward(x_q, x_kv, params, num_heads, mask=None):
     return out, MultiHeadAttentionCache(x_q, x_kv, params, num_heads, heads, attention_cache)
 
 
-def _affine_grads(x, dy):
-    """For y = x W + b with rows stacked in (B, T, ·): return (dW, db) = (xᵀ dy, Σ_rows dy)."""
-    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])  # (B·T, D)
-    return x2.T @ dy2, dy2.sum(axis=0)  # (D, D), (D,)
-
-
 def multi_head_attention_backward(dout, cache):
     """Return (dx_q, dx_kv, grads) with grads keyed like params. For self-attention add dx_q + dx_kv."""
     x_q, x_kv, params, num_heads, heads, attention_cache = cache
     grads = {}
     # BEGIN SOLUTION
     # HINT: reverse the forward line by line; the query, key and value projections each send a gradient back.
-    # out = heads W_o + b_o  ⇒  dW_o = headsᵀ dout, db_o = Σ dout, dheads = dout W_oᵀ
-    grads["W_o"], grads["b_o"] = _affine_grads(heads, dout)
-    dheads = dout @ params["W_o"].T  # (B, Tq, D)
+    # out = heads W_o + b_o, a linear layer: dheads = dout W_oᵀ, dW_o = headsᵀ dout, db_o = Σ dout
+    dheads, grads["W_o"], grads["b_o"] = linear_backward(dout, LinearCache(heads, params["W_o"]))  # (B, Tq, D)
     # heads = merge_heads(attended)  ⇒  split the gradient the same way
     dq, dk, dv = scaled_dot_product_attention_backward(split_heads(dheads, num_heads), attention_cache)  # (B, H, T·, Dh)
     dq, dk, dv = merge_heads(dq), merge_heads(dk), merge_heads(dv)  # (B, T·, D)
-    # q = x_q W_q + b_q  ⇒  dx_q = dq W_qᵀ;  k and v both read x_kv, so their gradients add up
-    grads["W_q"], grads["b_q"] = _affine_grads(x_q, dq)
-    grads["W_k"], grads["b_k"] = _affine_grads(x_kv, dk)
-    grads["W_v"], grads["b_v"] = _affine_grads(x_kv, dv)
-    dx_q = dq @ params["W_q"].T  # (B, Tq, D)
-    dx_kv = dk @ params["W_k"].T + dv @ params["W_v"].T  # (B, Tk, D)
+    # q = x_q W_q + b_q, k = x_kv W_k + b_k, v = x_kv W_v + b_v: three more linear layers
+    dx_q, grads["W_q"], grads["b_q"] = linear_backward(dq, LinearCache(x_q, params["W_q"]))  # (B, Tq, D)
+    dx_k, grads["W_k"], grads["b_k"] = linear_backward(dk, LinearCache(x_kv, params["W_k"]))  # (B, Tk, D)
+    dx_v, grads["W_v"], grads["b_v"] = linear_backward(dv, LinearCache(x_kv, params["W_v"]))  # (B, Tk, D)
+    # k and v both read x_kv, so their gradients add up
+    dx_kv = dx_k + dx_v  # (B, Tk, D)
     # END SOLUTION
     return dx_q, dx_kv, {name: grads[name] for name in MHA_PARAM_NAMES}
 
