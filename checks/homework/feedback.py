@@ -1,0 +1,94 @@
+"""What a student reads: the smallest failing input, what was expected, what came back, and how far off.
+
+The parent validates the child's arrays itself (names, shapes, dtypes) before comparing values
+with `checks.tolerances.assert_close`, the one comparison every check in the project uses, so
+a grade and a failing check can never disagree about what "close" means.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from checks.tolerances import TOLERANCES, assert_close
+from checks.homework.tasks import Backward
+
+SHOW = dict(precision=6, threshold=40, edgeitems=3, max_line_width=100)
+
+
+class Mismatch(NamedTuple):
+    output: str  # which output or gradient
+    reason: str  # one sentence
+
+
+def show(value):
+    """An input or output, small enough to read: arrays with dtype and shape, dicts one per line."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, np.ndarray):
+        text = np.array2string(value, **SHOW)
+        text = text if "\n" not in text else "\n      " + text.replace("\n", "\n      ")
+        return f"{text}  ({value.dtype}, shape {value.shape})"
+    return repr(value)
+
+
+def mismatch(received, expected, dtype, exact):
+    """The first problem with the child's outputs, as a Mismatch, or None if they all pass."""
+    missing = sorted(set(expected) - set(received))
+    extra = sorted(set(received) - set(expected))
+    if missing or extra:
+        return Mismatch(", ".join(missing + extra) or "?", f"expected outputs {sorted(expected)}, received {sorted(received)}")
+    for name, e in expected.items():
+        r = received[name]
+        if r.shape != e.shape:
+            return Mismatch(name, f"{name} has shape {r.shape}, expected shape {e.shape}")
+        if exact:
+            if r.dtype != e.dtype:
+                return Mismatch(name, f"{name} has dtype {r.dtype}, expected {e.dtype}")
+            if not np.array_equal(r, e):
+                return Mismatch(name, f"{name} differs from the expected value at {int(np.sum(r != e))} of {e.size} entries")
+            continue
+        if r.dtype.kind != "f":
+            return Mismatch(name, f"{name} has dtype {r.dtype}, expected a floating-point array")
+        if e.ndim and r.dtype != e.dtype:
+            return Mismatch(name, f"{name} has dtype {r.dtype} for {dtype} inputs: dtype in must equal dtype out "
+                                  f"(a NumPy float64 scalar or array mixed into float32 math promotes it)")
+        bad = ~np.isfinite(r) & np.isfinite(e)
+        if np.any(bad):
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            return Mismatch(name, f"{name} holds {r[where]} at index {where} where {e[where]!r} is expected "
+                                  f"(an overflow, a log of 0, or 0/0?)")
+        try:
+            assert_close(r, e, impl="submission", what=name, dtype=dtype)
+        except AssertionError:
+            return Mismatch(name, largest_error(name, r, e, dtype))
+    return None
+
+
+def largest_error(name, received, expected, dtype):
+    r, e = received.astype(np.float64), expected.astype(np.float64)
+    error = np.abs(r - e)
+    worst = tuple(int(i) for i in np.unravel_index(np.argmax(error), error.shape)) if error.ndim else ()
+    tol = TOLERANCES[np.dtype(dtype)]
+    return (f"{name} differs: largest error {float(error.max()):.3g} at index {worst} "
+            f"(received {r[worst]:.6g}, expected {e[worst]:.6g}; tolerance for {dtype}: "
+            f"rtol {tol.rtol:g}, atol {tol.atol:g} × max(1, max |expected|))")
+
+
+def describe_mismatch(problem, received, expected):
+    lines = [problem.reason]
+    if problem.output in expected and problem.output in received:
+        lines.append(f"expected {problem.output} = {show(expected[problem.output])}")
+        lines.append(f"received {problem.output} = {show(received[problem.output])}")
+    return "\n".join(lines)
+
+
+def describe_case(task, case, status):
+    """The input, named as the function's arguments; for a backward, the upstream gradient too."""
+    call = task.call
+    names = list(call.args) + ([call.dout] if isinstance(call, Backward) else [])
+    head = "smallest failing input (shrunk by Hypothesis)" if status in ("failed", "error") else "input"
+    lines = [f"{head}, {case['dtype']}:"]
+    lines += [f"  {name} = {show(case[name])}" for name in names]
+    if isinstance(call, Backward):
+        lines.append(f"  ({call.function} was given the reference {call.forward}'s cache for these inputs, and {call.dout})")
+    return "\n".join(lines)

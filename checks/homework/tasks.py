@@ -1,0 +1,192 @@
+"""The graded functions: one small entry per function, grouped by module, modules by topic.
+
+An entry says which module holds the function, how Hypothesis draws its inputs (a dict of
+named values: arrays, ints, strings, None, a config), how to call it (`Forward`: the function
+on some of those values; `Backward`: the reference forward on them, then the submission's
+backward on the reference's cache and an upstream gradient), and which parts of the result
+to compare (a path of indices, keys or field names into the return value).
+
+Why the backward gets the reference's cache: a student's backward is then graded on its own,
+whatever their forward does. The cache classes (`SoftmaxCache`, …) are skeleton code outside
+the solution blocks, so the submission rebuilds the same structure from the arrays it is sent.
+
+Adding a function is one entry here. Adding a topic is its entries plus a line in TOPICS.
+"""
+
+from typing import NamedTuple
+
+import hypothesis.strategies as st
+import numpy as np
+from hypothesis.extra import numpy as hnp
+
+from checks import strategies as S
+
+
+class Forward(NamedTuple):
+    function: str
+    args: tuple  # names of case values, passed positionally
+    outputs: dict  # output name → path into the return value
+
+
+class Backward(NamedTuple):
+    forward: str  # run by the parent on the reference only, for the cache
+    args: tuple
+    function: str
+    dout: str  # name of the case value holding the upstream gradient
+    outputs: dict
+
+
+class Task(NamedTuple):
+    name: str  # the function's name, also the student's pytest marker
+    module: str  # scratch.<module>
+    cases: object  # a Hypothesis strategy of dicts; "dtype" names the tolerance row
+    call: object  # Forward or Backward
+    returns: str  # what the function returns, for feedback when the shape of the result is wrong
+    exact: bool = False  # boolean outputs: compared for equality
+
+
+def by_dtype(build):
+    """Draw float64 or float32 (float64 first, so failures shrink to it), then the case itself."""
+    return st.sampled_from(S.DTYPES).flatmap(lambda dtype: build(dtype).map(lambda case: {**case, "dtype": np.dtype(dtype).name}))
+
+
+def pair(module, op, cases, args, out, dout, grads, returns):
+    """The two tasks of one forward/backward pair: `op`_forward and `op`_backward."""
+    return [
+        Task(f"{op}_forward", module, cases, Forward(f"{op}_forward", args, out), "(out, cache)"),
+        Task(f"{op}_backward", module, cases, Backward(f"{op}_forward", args, f"{op}_backward", dout, grads), returns),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# layers
+# ----------------------------------------------------------------------------------------------
+
+
+@st.composite
+def _linear(draw, dtype):
+    """x (..., I) with up to two leading axes, so a dW that forgets to flatten them shows."""
+    lead = draw(st.lists(st.integers(1, 3), min_size=1, max_size=3).map(tuple))
+    i, o = draw(S.distinct_pair(1, 4))
+    return {"x": draw(S.floats(dtype, (*lead, i))), "W": draw(S.floats(dtype, (i, o))),
+            "b": draw(S.floats(dtype, (o,))), "dout": draw(S.floats(dtype, (*lead, o)))}
+
+
+@st.composite
+def _elementwise(draw, dtype, bound=3.0):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))
+    scale = draw(st.sampled_from([1.0, 10.0]))  # 10: σ(±30) must not overflow
+    x = draw(S.floats(dtype, shape, bound)) * np.asarray(scale, dtype)
+    return {"x": x, "negative_slope": draw(st.sampled_from([0.01, 0.2])), "dout": draw(S.floats(dtype, shape))}
+
+
+LAYERS = pair("layers", "linear", by_dtype(_linear), ("x", "W", "b"), {"y": (0,)}, "dout",
+              {"dx": (0,), "dW": (1,), "db": (2,)}, "(dx, dW, db)")
+LAYERS += pair("layers", "relu", by_dtype(_elementwise), ("x",), {"y": (0,)}, "dout", {"dx": ()}, "dx")
+LAYERS += pair("layers", "leaky_relu", by_dtype(_elementwise), ("x", "negative_slope"), {"y": (0,)}, "dout", {"dx": ()}, "dx")
+LAYERS += pair("layers", "tanh", by_dtype(_elementwise), ("x",), {"y": (0,)}, "dout", {"dx": ()}, "dx")
+LAYERS += pair("layers", "sigmoid", by_dtype(_elementwise), ("x",), {"y": (0,)}, "dout", {"dx": ()}, "dx")
+
+# ----------------------------------------------------------------------------------------------
+# attention
+# ----------------------------------------------------------------------------------------------
+
+
+def _softmax(dtype):
+    """Scores of order 1, or of order 1000, where exp overflows unless the maximum is subtracted."""
+    scales = st.sampled_from([1.0, 1000.0])
+    return st.tuples(S.softmax_cases(dtype), scales).map(
+        lambda cs: {**cs[0]._asdict(), "x": cs[0].x * np.asarray(cs[1], dtype)})
+
+
+def _attention(dtype):
+    return st.booleans().flatmap(lambda empty: S.attention_cases(dtype, empty_rows=empty)).map(lambda c: c._asdict())
+
+
+def _multi_head(dtype):
+    return st.booleans().flatmap(lambda empty: S.multi_head_cases(dtype, empty_rows=empty)).map(lambda c: c._asdict())
+
+
+_causal = st.integers(0, 6).map(lambda t: {"t": t, "dtype": "bool"})
+
+
+@st.composite
+def _padding(draw):
+    t_k, t_q = draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    lengths = draw(hnp.arrays(np.int64, draw(st.integers(1, 3)), elements=st.integers(0, t_k)))
+    return {"lengths": lengths, "t_k": t_k, "t_q": t_q, "dtype": "bool"}
+
+
+ATTENTION = pair("attention", "softmax", by_dtype(_softmax), ("x", "axis", "mask"), {"out": (0,)}, "dout", {"dx": ()}, "dx")
+ATTENTION += [
+    Task("causal_mask", "attention", _causal, Forward("causal_mask", ("t",), {"mask": ()}), "a (t, t) bool array", exact=True),
+    Task("padding_mask", "attention", _padding(), Forward("padding_mask", ("lengths", "t_k", "t_q"), {"mask": ()}),
+         "a (B, t_q, t_k) bool array", exact=True),
+]
+ATTENTION += pair("attention", "scaled_dot_product_attention", by_dtype(_attention), ("q", "k", "v", "mask"),
+                  {"out": (0,)}, "dout", {"dq": (0,), "dk": (1,), "dv": (2,)}, "(dq, dk, dv)")
+ATTENTION += pair("attention", "multi_head_attention", by_dtype(_multi_head), ("x_q", "x_kv", "params", "num_heads", "mask"),
+                  {"out": (0,)}, "dout", {"dx_q": (0,), "dx_kv": (1,), "grads": (2,)}, "(dx_q, dx_kv, grads)")
+
+# ----------------------------------------------------------------------------------------------
+# vae
+# ----------------------------------------------------------------------------------------------
+
+
+def _latent(dtype):
+    return S.latent_cases(dtype).map(lambda c: c._asdict())
+
+
+def _bernoulli(dtype):
+    """Logits of order 1, or of order 30, where log σ(l) computed naively is log 0 = −inf."""
+    return st.tuples(S.bernoulli_cases(dtype), st.sampled_from([1.0, 30.0])).map(
+        lambda cs: {**cs[0]._asdict(), "logits": cs[0].decoded * np.asarray(cs[1], dtype)})
+
+
+def _gaussian(dtype):
+    return S.gaussian_likelihood_cases(dtype).map(lambda c: {**c._asdict(), "mean": c.decoded})
+
+
+def _vae(dtype):
+    return st.sampled_from(S.VAE_KINDS).flatmap(lambda kind: S.vae_cases(dtype, kind)).map(lambda c: c._asdict())
+
+
+VAE_OUTPUTS = {name: (0, name) for name in ("loss", "elbo", "reconstruction", "kl", "mu", "log_var", "z", "decoded")}
+VAE = pair("vae", "reparameterize", by_dtype(_latent), ("mu", "log_var", "eps"), {"z": (0,)}, "dz",
+           {"dmu": (0,), "dlog_var": (1,)}, "(dmu, dlog_var)")
+VAE += pair("vae", "gaussian_kl", by_dtype(_latent), ("mu", "log_var"), {"kl": (0,)}, "dkl",
+            {"dmu": (0,), "dlog_var": (1,)}, "(dmu, dlog_var)")
+VAE += pair("vae", "bernoulli_log_likelihood", by_dtype(_bernoulli), ("x", "logits"), {"log_likelihood": (0,)}, "dll",
+            {"dlogits": ()}, "dlogits")
+VAE += pair("vae", "gaussian_log_likelihood", by_dtype(_gaussian), ("x", "mean", "log_var"), {"log_likelihood": (0,)},
+            "dll", {"dmean": (0,), "dlog_var": (1,)}, "(dmean, dlog_var)")
+VAE += [
+    Task("vae_forward", "vae", by_dtype(_vae), Forward("vae_forward", ("x", "params", "eps", "config"), VAE_OUTPUTS),
+         "(VAEOutput, cache)"),
+    Task("vae_backward", "vae", by_dtype(_vae), Backward("vae_forward", ("x", "params", "eps", "config"), "vae_backward",
+                                                         "dloss", {"grads": ()}), "a dict of gradients keyed like params"),
+]
+
+# ----------------------------------------------------------------------------------------------
+# The registry
+# ----------------------------------------------------------------------------------------------
+
+TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE}
+
+# topic → the modules it hands out, in the order a student works through them. A topic whose
+# module does not exist yet in scratch/ (transformer) is refused with a clear message.
+TOPICS = {
+    "attention": ("layers", "attention"),
+    "vae": ("layers", "vae"),
+    "gan": ("layers", "gan"),
+    "transformer": ("layers", "attention", "transformer"),
+}
+
+
+def tasks_for(modules):
+    """Every task of these modules, in registry order, each module once."""
+    seen = []
+    for module in modules:
+        if module not in seen:
+            seen.append(module)
+    return [task for module in seen for task in TASKS.get(module, [])]
