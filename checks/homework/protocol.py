@@ -99,20 +99,23 @@ def select(result, paths):
     """
     outputs = {}
     for name, path in paths.items():
-        value = result
-        for step in path:
-            if isinstance(step, int):
-                value = value[step]
-            elif isinstance(value, dict):
-                value = value[step]
-            else:
-                value = getattr(value, step)
+        value = navigate(result, path)
         if isinstance(value, dict):
             for key, item in value.items():
                 outputs[f"{name}.{key}"] = plain_array(item)
         else:
             outputs[name] = plain_array(value)
     return outputs
+
+
+def navigate(value, path):
+    """Follow a path: an int indexes, a str is a dict key or else a field name."""
+    for step in path:
+        if isinstance(step, int) or isinstance(value, dict):
+            value = value[step]
+        else:
+            value = getattr(value, step)
+    return value
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ class Backward(NamedTuple):
     args: tuple
     function: str
     dout: str  # name of the case value holding the upstream gradient
-    outputs: dict
+    outputs: dict  # gradient name → path; "d<arg>" is the gradient of arg, "grads" that of "params"
+    target: tuple = (0,)  # the forward output that dout is the gradient of
 
 
 class Task(NamedTuple):
@@ -164,7 +165,7 @@ VAE += [
     Task("vae_forward", "vae", by_dtype(_vae), Forward("vae_forward", ("x", "params", "eps", "config"), VAE_OUTPUTS),
          "(VAEOutput, cache)"),
     Task("vae_backward", "vae", by_dtype(_vae), Backward("vae_forward", ("x", "params", "eps", "config"), "vae_backward",
-                                                         "dloss", {"grads": ()}), "a dict of gradients keyed like params"),
+                                                         "dloss", {"grads": ()}, (0, "loss")), "a dict of gradients keyed like params"),
 ]
 
 # ----------------------------------------------------------------------------------------------
