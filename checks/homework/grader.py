@@ -151,7 +151,7 @@ def grade_task(task, workers, budget):
         return Result(f"{task.module}.{task.name}", 1.0, 1.0, "passed",
                       f"passed on {state['calls']} inputs drawn by Hypothesis", state["calls"], seconds)
     text, case = state["failure"]
-    if case is not None:
+    if case is not None and state["status"] != "import error":  # an import fails whatever the input
         text = describe_case(task, case, state["status"]) + "\n" + text
     return Result(f"{task.module}.{task.name}", 0.0, 1.0, state["status"], text, state["calls"], seconds)
 

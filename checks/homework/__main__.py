@@ -1,0 +1,99 @@
+"""python -m checks.homework make --out DIR [--topics ...]  |  grade SUBMISSION [--json results.json]
+
+make   writes the student package: scratch/ with the solutions cut out, the public checks, a README.
+grade  grades one submission (a folder holding scratch/) or a class (a folder of such folders):
+       a table per submission, Gradescope's results.json, and for a class one CSV of scores.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def parser():
+    from checks.homework.tasks import TOPICS
+
+    top = argparse.ArgumentParser(prog="python -m checks.homework", description=__doc__.split("\n\n")[1])
+    commands = top.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("make", help="write the student package")
+    make.add_argument("--out", required=True, help="a new or empty folder")
+    make.add_argument("--topics", nargs="+", metavar="TOPIC", help=f"of {', '.join(TOPICS)} (default: every topic that exists)")
+    grade = commands.add_parser("grade", help="grade a submission or a folder of submissions")
+    grade.add_argument("submission", help="a folder holding scratch/, or a folder of such folders")
+    grade.add_argument("--topics", nargs="+", metavar="TOPIC", help="the topics handed out (default: every topic that exists)")
+    grade.add_argument("--json", help="results.json (Gradescope schema); for a class, a folder for NAME.json files")
+    grade.add_argument("--csv", default="scores.csv", help="for a class: the CSV of scores (default scores.csv)")
+    grade.add_argument("--examples", type=positive(int), default=60, help="inputs drawn per function (default 60)")
+    grade.add_argument("--timeout", type=positive(float), default=10.0, help="wall-clock seconds per call (default 10)")
+    grade.add_argument("--quiet", action="store_true", help="print only the totals")
+    return top, {"make": make, "grade": grade}
+
+
+def submissions(path, fail):
+    """[(name, folder)]: the folder itself if it holds scratch/, else its subfolders that do."""
+    path = Path(path)
+    if not path.is_dir():
+        fail(f"SUBMISSION {path} is not a folder")
+    if (path / "scratch").is_dir():
+        return [(path.name, path)], False
+    found = sorted((p.name, p) for p in path.iterdir() if (p / "scratch").is_dir())
+    if not found:
+        fail(f"SUBMISSION {path} holds no scratch/ folder, and none of its subfolders does: "
+             "give the folder of one submission (it holds scratch/) or a folder of submissions")
+    return found, True
+
+
+def main(argv=None):
+    top, commands = parser()
+    args = top.parse_args(argv)
+    from checks.homework import grader, make, report
+    from checks.homework.sandbox import Limits
+    from checks.homework.tasks import tasks_for
+
+    command = commands[args.command]  # its .error prints the usage and exits with status 2
+    topics = args.topics or make.available_topics()
+    try:
+        modules = make.resolve_topics(topics)
+    except make.TopicError as error:
+        command.error(str(error))
+    if args.command == "make":
+        try:
+            tasks = make.make(args.out, topics)
+        except FileExistsError as error:
+            command.error(str(error))
+        print(f"wrote {args.out}: {len(tasks)} functions of {', '.join(modules)}; students run `python -m pytest -m FUNCTION`")
+        return 0
+    folders, is_class = submissions(args.submission, command.error)
+    tasks = tasks_for(modules)
+    limits = Limits(call_seconds=args.timeout)
+    graded = []
+    for name, folder in folders:
+        start = time.monotonic()
+        results = grader.grade(folder, tasks, grader.Budget(examples=args.examples), limits)
+        seconds = time.monotonic() - start
+        graded.append((name, results))
+        got, most = grader.total(results)
+        print(f"{name}: {got:g}/{most:g} in {seconds:.1f} s" if args.quiet else report.table(results, f"{name} ({seconds:.1f} s)"))
+        if args.json:
+            target = os.path.join(args.json, f"{name}.json") if is_class else args.json
+            report.write_json(target, report.gradescope(results, seconds))
+    if is_class:
+        report.write_atomic(args.csv, report.class_csv(graded))
+        print(f"wrote {args.csv}: {len(graded)} submissions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
