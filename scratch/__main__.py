@@ -8,7 +8,13 @@ import argparse
 import json
 import sys
 
-MODELS = ("vae",)
+MODELS = ("vae", "gan")
+
+# Defaults that differ by model; an option left out takes its model's value.
+DEFAULTS = {
+    "vae": {"data": "digits", "steps": 3000, "batch_size": 128, "lr": 1e-3, "z_dim": 2},
+    "gan": {"data": "ring", "steps": 20000, "batch_size": 256, "lr": 1e-3, "z_dim": None},
+}
 
 
 def build_parser(prog, implementation):
@@ -16,19 +22,27 @@ def build_parser(prog, implementation):
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a model and write metrics.json and checkpoint.npz")
     train.add_argument("model", choices=MODELS)
-    train.add_argument("--data", default="digits", help="digits (bundled, default) or mnist:DIR (IDX files you have)")
-    train.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    train.add_argument("--data", help="vae: digits (bundled, default) or mnist:DIR (IDX files you have); "
+                       "gan: ring (default), grid or digits")
+    train.add_argument("--steps", type=int, help="training steps (default: vae 3000, gan 20000)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     train.add_argument("--eval-every", type=int, default=500)
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--batch-size", type=int, help="default: vae 128, gan 256")
+    train.add_argument("--lr", type=float, help="learning rate (default 1e-3; the GAN's falls to --lr-end)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     vae = train.add_argument_group("vae")
-    vae.add_argument("--z-dim", type=int, default=2, help="latent width (default 2, to plot it)")
+    vae.add_argument("--z-dim", type=int, help="latent (vae, default 2, to plot it) or noise width (gan: 2 for "
+                     "the mixtures, 16 for digits)")
     vae.add_argument("--hidden", type=int, default=128, help="hidden width; 0 = linear encoder and decoder")
     vae.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
+    gan = train.add_argument_group("gan")
+    gan.add_argument("--pack", type=int, default=2, help="samples the discriminator judges at once (PacGAN; 1 = plain GAN)")
+    gan.add_argument("--disc-steps", type=int, default=1, help="discriminator updates per generator update (k)")
+    gan.add_argument("--loss", choices=("non_saturating", "minimax"), default="non_saturating", help="generator loss")
+    gan.add_argument("--lr-end", type=float, default=1e-5, help="the learning rate at the last step (geometric decay)")
+    gan.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     return parser
 
 
@@ -45,14 +59,19 @@ def progress_bar():
 
 def main(argv=None, prog="python -m scratch", implementation="scratch", trainers=None):
     args = build_parser(prog, implementation).parse_args(argv)
+    for name, value in DEFAULTS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.steps < 1 or args.eval_every < 1 or args.batch_size < 1:
         raise SystemExit("--steps, --eval-every and --batch-size must be positive")
     if args.out is None:
         args.out = f"runs/{args.model}-{implementation}"
     from scratch import train
 
-    make_trainer = (trainers or {}).get(args.model, train.ScratchVAETrainer)
-    metrics = train.train_vae(args, make_trainer, make_bar=None if args.quiet else progress_bar())
+    defaults = {"vae": (train.ScratchVAETrainer, train.train_vae), "gan": (train.ScratchGANTrainer, train.train_gan)}
+    make_trainer, run = defaults[args.model]
+    make_trainer = (trainers or {}).get(args.model, make_trainer)
+    metrics = run(args, make_trainer, make_bar=None if args.quiet else progress_bar())
     final = metrics["final"]
     print(json.dumps({"out": args.out, "wall_time_s": round(metrics["wall_time_s"], 2), "final": final}, indent=2))
     return 0

@@ -65,11 +65,17 @@ def _plain(value):
     raise TypeError(f"cannot write {type(value).__name__} to metrics.json")
 
 
-def batch_for_step(step, n, batch_size, seed):
-    """Indices of the examples that 1-based step `step` trains on: epochs of a fresh permutation."""
+def batch_for_step(step, n, batch_size, seed, drop_last=False):
+    """Indices of the examples that 1-based step `step` trains on: epochs of a fresh permutation.
+
+    The last batch of an epoch keeps the remainder, or with drop_last the remainder is skipped
+    and every batch is full (a packed GAN discriminator needs a batch that m divides).
+    """
     from scratch.data import epoch_order
 
-    per_epoch = math.ceil(n / batch_size)
+    if drop_last and n < batch_size:
+        raise ValueError(f"batch_size {batch_size} is larger than the {n} examples: drop_last would leave no batch")
+    per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
     epoch, position = divmod(step - 1, per_epoch)
     order = epoch_order(n, seed, epoch)  # a pure function of (seed, epoch)
     return order[position * batch_size : (position + 1) * batch_size]

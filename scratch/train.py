@@ -7,9 +7,11 @@ from the step number alone (scratch/runs.py), which is what makes a resumed run 
 
 import numpy as np
 
+from scratch import gan as G
 from scratch import vae as V
-from scratch.optim import Adam
-from scratch.runs import EVAL_NOISE, batch_for_step, noise_for_step, run_training
+from scratch.layers import sigmoid
+from scratch.optim import Adam, exponential_decay
+from scratch.runs import EVAL_NOISE, TRAIN_NOISE, batch_for_step, noise_for_step, run_training
 
 EVAL_SAMPLES = 10  # reparameterised samples per example when estimating a test ELBO
 
@@ -127,3 +129,165 @@ def train_vae(args, make_trainer=ScratchVAETrainer, make_bar=None):
     trainer = make_trainer(config, x_train, x_test, args.seed, batch_size=args.batch_size, lr=args.lr)
     return run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
                         make_bar=make_bar, describe=describe_vae(config, x_train))
+
+
+# ----------------------------------------------------------------------------------------------
+# The GAN
+# ----------------------------------------------------------------------------------------------
+
+GAN_DATA = ("ring", "grid", "digits")
+DISC_NOISE, REAL_SAMPLES = 3, 4  # streams of their own next to TRAIN_NOISE (G's noise) and EVAL_NOISE
+SAMPLES = 2500  # generated points scored on the 2-D mixtures (the VEEGAN/PacGAN protocol)
+
+
+def gan_config_for(data, pack=1, z_dim=None):
+    """The networks for each data set: small MLPs for the 2-D mixtures, wider ones for 8×8 digits."""
+    if data in ("ring", "grid"):
+        return G.GANConfig(x_dim=2, z_dim=z_dim or 2, gen_hidden=(128, 128, 128), disc_hidden=(128, 128), pack=pack)
+    return G.GANConfig(x_dim=64, z_dim=z_dim or 16, gen_hidden=(256, 256), disc_hidden=(256, 256), pack=pack,
+                       gen_output="sigmoid")
+
+
+def load_gan_data(data, dtype=np.float64):
+    """(x_train, x_test) for the digits; (None, None) for the mixtures, which are sampled afresh."""
+    if data not in GAN_DATA:
+        raise ValueError(f"--data must be one of {GAN_DATA} for the GAN, got {data!r}")
+    if data == "digits":
+        from scratch import data as D
+
+        return D.load_digits("train", dtype)[0], D.load_digits("test", dtype)[0]
+    return None, None
+
+
+class GANTrainer:
+    """What every implementation's GAN trainer shares, for scratch/runs.py.
+
+    One step of training is Algorithm 1 of Goodfellow et al. (2014): `disc_steps` updates of D,
+    each on a fresh real batch and a fresh noise batch, then one update of G. Real batches and
+    noise are pure functions of (seed, update number), so a resumed run is exact. Both players
+    use Adam with β1 = 0.5 (Radford et al. 2016) and the same learning-rate schedule (by step).
+    An implementation writes `_build(params)`, `generate(z)`, `discriminate(x)` (logits),
+    `_disc_step(x_real, z) -> loss`, `_gen_step(z) -> loss`, `state()` and `load_state(arrays)`.
+    """
+
+    IMPLEMENTATION = OPTIMIZER = None
+    BETAS = (0.5, 0.999)
+
+    def __init__(self, config, data, seed, steps, batch_size=256, lr=1e-3, lr_end=1e-5, disc_steps=1,
+                 kind="non_saturating", dtype=np.float64):
+        self.gan_config, self.data, self.seed, self.steps = G.check_gan_config(config), data, seed, steps
+        self.batch_size, self.lr, self.lr_end, self.disc_steps, self.kind = batch_size, lr, lr_end, disc_steps, kind
+        if kind not in G.GENERATOR_LOSSES:
+            raise ValueError(f"kind must be one of {G.GENERATOR_LOSSES}, got {kind!r}")
+        if batch_size % config.pack:
+            raise ValueError(f"--batch-size {batch_size} must be a multiple of --pack {config.pack}")
+        self.dtype = np.dtype(dtype)
+        self.x_train, self.x_test = load_gan_data(data, self.dtype)
+        self.schedule = exponential_decay(lr, lr_end, steps)
+        self._build(G.init_gan(config, np.random.default_rng(seed), dtype=self.dtype))
+
+    def disc_lr(self, update):
+        """D's rate at its `update`-th update: the schedule of the step that update belongs to."""
+        return self.schedule((update - 1) // self.disc_steps + 1)
+
+    def real_batch(self, update):
+        if self.x_train is not None:
+            return self.x_train[batch_for_step(update, len(self.x_train), self.batch_size, self.seed, drop_last=True)]  # (B, D)
+        from scratch.data import sample_mixture
+
+        rng = np.random.default_rng([self.seed, REAL_SAMPLES, update])
+        return sample_mixture(self.data, self.batch_size, rng, self.dtype)  # (B, 2)
+
+    def noise(self, count, stream, n=None):
+        return noise_for_step(count, self.seed, (n or self.batch_size, self.gan_config.z_dim), self.dtype, stream)
+
+    def train_step(self, step):
+        self.current_step = step  # the schedule's step, for trainers that set the rate themselves
+        for j in range(self.disc_steps):
+            update = (step - 1) * self.disc_steps + j + 1
+            disc_loss = self._disc_step(self.real_batch(update), self.noise(update, DISC_NOISE))
+        gen_loss = self._gen_step(self.noise(step, TRAIN_NOISE))
+        self.last_losses = (disc_loss, gen_loss)
+        return disc_loss
+
+    def samples(self, n=SAMPLES):
+        """n generated samples from fixed evaluation noise: the same points at every evaluation."""
+        return self.generate(self.noise(0, EVAL_NOISE, n))
+
+    def evaluate(self):
+        figures = {"disc_loss": self.last_losses[0], "gen_loss": self.last_losses[1]}
+        if self.x_train is None:
+            from scratch.data import mode_coverage
+
+            figures.update(mode_coverage(self.samples(), self.data)._asdict())
+        else:
+            fake = self.samples(len(self.x_test))
+            figures["d_real_test"] = float(np.mean(sigmoid(self.discriminate(self.x_test))))
+            figures["d_fake"] = float(np.mean(sigmoid(self.discriminate(fake))))
+        return figures
+
+    def config(self):
+        return {"model": "gan", "implementation": self.IMPLEMENTATION, "data": self.data, **self.gan_config._asdict(),
+                "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "lr_end": self.lr_end,
+                "disc_steps": self.disc_steps, "kind": self.kind, "betas": self.BETAS, "optimizer": self.OPTIMIZER,
+                "dtype": self.dtype.name}
+
+
+def _prefixed(arrays, prefix):
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+class ScratchGANTrainer(GANTrainer):
+    """The NumPy GAN with scratch/optim.py's Adam, one optimizer per player."""
+
+    IMPLEMENTATION, OPTIMIZER = "scratch", "adam"
+
+    def _build(self, params):
+        self.params = params
+        self.gen = {k: v for k, v in params.items() if k.startswith("gen.")}  # the same arrays, G's share
+        self.disc = {k: v for k, v in params.items() if k.startswith("disc.")}
+        self.gen_optimizer = Adam(self.schedule, self.BETAS)
+        self.disc_optimizer = Adam(self.disc_lr, self.BETAS)
+
+    def generate(self, z):
+        return G.generator_forward(z, self.params, self.gan_config)[0]
+
+    def discriminate(self, x):
+        return G.discriminator_forward(x, self.params, self.gan_config)[0]
+
+    def _disc_step(self, x_real, z):
+        loss, grads = G.discriminator_step(x_real, z, self.params, self.gan_config)
+        self.disc_optimizer.step(self.disc, grads)
+        return loss
+
+    def _gen_step(self, z):
+        loss, grads = G.generator_step(z, self.params, self.gan_config, self.kind)
+        self.gen_optimizer.step(self.gen, grads)
+        return loss
+
+    def state(self):
+        return {**self.params, **{f"optim.gen.{k}": v for k, v in self.gen_optimizer.state_dict().items()},
+                **{f"optim.disc.{k}": v for k, v in self.disc_optimizer.state_dict().items()}}
+
+    def load_state(self, arrays):
+        self._build({name: arrays[name] for name in G.parameter_shapes(self.gan_config)})
+        self.gen_optimizer.load_state_dict(_prefixed(arrays, "optim.gen."))
+        self.disc_optimizer.load_state_dict(_prefixed(arrays, "optim.disc."))
+
+
+def train_gan(args, make_trainer=ScratchGANTrainer, make_bar=None):
+    """Train a GAN as the command line asks; for the 2-D mixtures also write OUT/samples.npy."""
+    import os
+
+    from scratch.runs import _atomic_write
+
+    config = gan_config_for(args.data, pack=args.pack, z_dim=args.z_dim)
+    trainer = make_trainer(config, args.data, args.seed, args.steps, batch_size=args.batch_size, lr=args.lr,
+                           lr_end=args.lr_end, disc_steps=args.disc_steps, kind=args.loss,
+                           dtype=np.dtype(args.dtype))
+    metrics = run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
+                           make_bar=make_bar)
+    if trainer.x_train is None:
+        samples = trainer.samples()  # (2500, 2)
+        _atomic_write(os.path.join(args.out, "samples.npy"), lambda f: np.save(f, samples))
+    return metrics

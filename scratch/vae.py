@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scratch.layers import linear_backward, linear_forward, tanh_backward, tanh_forward
+from scratch.layers import linear_backward, linear_forward, sigmoid, softplus, tanh_backward, tanh_forward
 from scratch.validate import as_float_array, check_same_dtype
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -166,16 +166,6 @@ class BernoulliCache(NamedTuple):
     logits: np.ndarray
 
 
-def _softplus(t):
-    """log(1 + eᵗ) without overflow: max(t, 0) + log1p(e^{−|t|})."""
-    return np.maximum(t, 0.0) + np.log1p(np.exp(-np.abs(t)))
-
-
-def _sigmoid(t):
-    e = np.exp(-np.abs(t))
-    return np.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
 def bernoulli_log_likelihood_forward(x, logits):
     """log p(x | logits) = Σ_d x_d log p_d + (1 − x_d) log(1 − p_d), p = sigmoid(logits); shape (B,).
 
@@ -186,7 +176,7 @@ def bernoulli_log_likelihood_forward(x, logits):
     # BEGIN SOLUTION
     # HINT: log p = −softplus(−l) and log(1 − p) = −softplus(l); combine them.
     # log σ(l) = −softplus(−l), log(1 − σ(l)) = −softplus(l)  ⇒  x·l − softplus(l), stable for any l
-    log_likelihood = np.sum(x * logits - _softplus(logits), axis=-1)  # (B,)
+    log_likelihood = np.sum(x * logits - softplus(logits), axis=-1)  # (B,)
     # END SOLUTION
     return log_likelihood, BernoulliCache(x, logits)
 
@@ -196,7 +186,7 @@ def bernoulli_log_likelihood_backward(dll, cache):
     x, logits = cache
     # BEGIN SOLUTION
     # ∂/∂l [x l − softplus(l)] = x − σ(l)
-    dlogits = np.asarray(dll)[:, None] * (x - _sigmoid(logits))  # (B, D)
+    dlogits = np.asarray(dll)[:, None] * (x - sigmoid(logits))  # (B, D)
     # END SOLUTION
     return dlogits
 

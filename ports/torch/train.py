@@ -9,9 +9,11 @@ state included, so a run resumes exactly and a scratch checkpoint loads into it.
 import numpy as np
 import torch
 
+from ports.torch.gan import _discriminator_loss, _generator_loss, _linears, from_torch_gan, to_torch_gan
 from ports.torch.vae import _linear_layers, from_torch_vae, to_torch_vae
+from scratch import gan as G
 from scratch import vae as V
-from scratch.train import VAETrainer
+from scratch.train import GANTrainer, VAETrainer
 
 
 class TorchVAETrainer(VAETrainer):
@@ -44,28 +46,98 @@ class TorchVAETrainer(VAETrainer):
         return float(loss.detach())
 
     def state(self):
-        arrays = dict(from_torch_vae(self.module))
-        t = 0
-        for name, (p, transposed) in self._named().items():
-            s = self.optimizer.state.get(p)
-            if not s:
-                continue
-            t = int(s["step"])
-            for key, ours in (("exp_avg", "m"), ("exp_avg_sq", "v")):
-                value = s[key].detach()
-                arrays[f"optim.{ours}.{name}"] = (value.T if transposed else value).contiguous().numpy().copy()
-        arrays["optim.t"] = np.array(t, dtype=np.int64)
-        return arrays
+        return {**from_torch_vae(self.module), **adam_state(self.optimizer, self._named(), "optim.")}
 
     def load_state(self, arrays):
         self._build({name: arrays[name] for name in V.parameter_shapes(self.vae_config)})
-        t = int(arrays["optim.t"])
-        if t == 0:
-            return
-        for name, (p, transposed) in self._named().items():
-            m, v = (torch.from_numpy(np.array(arrays[f"optim.{k}.{name}"])) for k in ("m", "v"))
-            self.optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": m.T.contiguous() if transposed else m,
-                                       "exp_avg_sq": v.T.contiguous() if transposed else v}
+        load_adam_state(self.optimizer, self._named(), arrays, "optim.")
 
 
-TRAINERS = {"vae": TorchVAETrainer}
+def adam_state(optimizer, named, prefix):
+    """torch.optim.Adam's state in scratch/optim.py's layout: prefix + "t", "m.<name>", "v.<name>".
+
+    named: scratch name → (torch parameter, stored transposed?); torch keeps a Linear weight as
+    (out, in), scratch as (in, out), so its moments are transposed too.
+    """
+    arrays, t = {}, 0
+    for name, (p, transposed) in named.items():
+        s = optimizer.state.get(p)
+        if not s:
+            continue
+        t = int(s["step"])
+        for key, ours in (("exp_avg", "m"), ("exp_avg_sq", "v")):
+            value = s[key].detach()
+            arrays[f"{prefix}{ours}.{name}"] = (value.T if transposed else value).contiguous().numpy().copy()
+    arrays[f"{prefix}t"] = np.array(t, dtype=np.int64)
+    return arrays
+
+
+def load_adam_state(optimizer, named, arrays, prefix):
+    """Put a scratch-layout Adam state (see adam_state) into torch.optim.Adam."""
+    t = int(arrays[f"{prefix}t"])
+    if t == 0:
+        return
+    for name, (p, transposed) in named.items():
+        m, v = (torch.from_numpy(np.array(arrays[f"{prefix}{k}.{name}"])) for k in ("m", "v"))
+        optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": m.T.contiguous() if transposed else m,
+                              "exp_avg_sq": v.T.contiguous() if transposed else v}
+
+
+class TorchGANTrainer(GANTrainer):
+    """The seed's §5.1 training loop: torch.optim.Adam for each player, the schedule set by hand."""
+
+    IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
+
+    def _build(self, params):
+        self.generator, self.discriminator = to_torch_gan(params, self.gan_config)
+        self.gen_optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.BETAS)
+        self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=self.BETAS)
+
+    def _named(self, module, net):
+        named = {}
+        for i, layer in enumerate(_linears(module), start=1):
+            named[f"{net}.W{i}"], named[f"{net}.b{i}"] = (layer.weight, True), (layer.bias, False)
+        return named
+
+    def generate(self, z):
+        with torch.no_grad():
+            return self.generator(torch.from_numpy(z)).numpy()
+
+    def discriminate(self, x):
+        with torch.no_grad():
+            return self.discriminator(torch.from_numpy(x)).numpy()
+
+    def _set_lr(self, optimizer):
+        for group in optimizer.param_groups:
+            group["lr"] = self.schedule(self.current_step)
+
+    def _disc_step(self, x_real, z):
+        self._set_lr(self.disc_optimizer)
+        with torch.no_grad():
+            x_fake = self.generator(torch.from_numpy(z))  # (B, D): G's samples are inputs here
+        self.disc_optimizer.zero_grad()
+        loss = _discriminator_loss(self.discriminator(torch.from_numpy(x_real)), self.discriminator(x_fake))
+        loss.backward()
+        self.disc_optimizer.step()
+        return float(loss.detach())
+
+    def _gen_step(self, z):
+        self._set_lr(self.gen_optimizer)
+        self.gen_optimizer.zero_grad()
+        loss = _generator_loss(self.discriminator(self.generator(torch.from_numpy(z))), self.kind)
+        loss.backward()  # also fills D's .grad, which the next _disc_step zeroes before use
+        self.gen_optimizer.step()
+        return float(loss.detach())
+
+    def state(self):
+        return {**from_torch_gan(self.generator, self.discriminator),
+                **adam_state(self.gen_optimizer, self._named(self.generator, "gen"), "optim.gen."),
+                **adam_state(self.disc_optimizer, self._named(self.discriminator, "disc"), "optim.disc.")}
+
+    def load_state(self, arrays):
+        self._build({name: arrays[name] for name in G.parameter_shapes(self.gan_config)})
+        load_adam_state(self.gen_optimizer, self._named(self.generator, "gen"), arrays, "optim.gen.")
+        load_adam_state(self.disc_optimizer, self._named(self.discriminator, "disc"), arrays, "optim.disc.")
+
+
+TRAINERS = {"vae": TorchVAETrainer, "gan": TorchGANTrainer}
