@@ -78,7 +78,7 @@ def main(argv=None):
     folders, is_class = submissions(args.submission, command.error)
     tasks = tasks_for(modules)
     limits = Limits(call_seconds=args.timeout)
-    graded = []
+    graded, outputs = [], []
     for name, folder in folders:
         start = time.monotonic()
         results = grader.grade(folder, tasks, grader.Budget(examples=args.examples), limits)
@@ -86,9 +86,10 @@ def main(argv=None):
         graded.append((name, results))
         got, most = grader.total(results)
         print(f"{name}: {got:g}/{most:g} in {seconds:.1f} s" if args.quiet else report.table(results, f"{name} ({seconds:.1f} s)"))
-        if args.json:
-            target = os.path.join(args.json, f"{name}.json") if is_class else args.json
-            report.write_json(target, report.gradescope(results, seconds))
+        outputs.append((name, report.gradescope(results, seconds)))
+    # Written only now, every child gone: a submission cannot overwrite a grade written before it ran.
+    for name, data in outputs if args.json else []:
+        report.write_json(os.path.join(args.json, f"{name}.json") if is_class else args.json, data)
     if is_class:
         report.write_atomic(args.csv, report.class_csv(graded))
         print(f"wrote {args.csv}: {len(graded)} submissions")

@@ -1,0 +1,116 @@
+"""Classic student bugs, each one small edit of the reference, for testing the grader.
+
+Every bug names the function that must lose its point, and the edit: a regular expression that
+must match exactly once in the reference module (so a change to scratch/ that moves the line
+breaks the catalogue loudly instead of silently testing nothing), or a whole replacement of
+the function's solution block. `apply` writes a copy of the reference with the bug in it.
+"""
+
+import re
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+from checks.homework import markers
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Bug(NamedTuple):
+    name: str
+    module: str
+    function: str  # the task that must score 0
+    pattern: str  # regex matched once in scratch/<module>.py; "" with `block` set
+    replacement: str  # for `pattern`; or the whole new solution block, 4-space relative indent
+    expect: str  # a phrase the feedback must contain: the message must point at the bug
+
+
+_MHA_HEADS_ASSIGN = """\
+dheads, grads["W_o"], grads["b_o"] = linear_backward(dout, LinearCache(heads, params["W_o"]))
+dq, dk, dv = scaled_dot_product_attention_backward(split_heads(dheads, num_heads), attention_cache)
+dq, dk, dv = merge_heads(dq), merge_heads(dk), merge_heads(dv)
+d = x_q.shape[-1]
+width = d // num_heads
+for name, x, g in (("q", x_q, dq), ("k", x_kv, dk), ("v", x_kv, dv)):
+    grads["W_" + name] = x.reshape(-1, d).T @ g.reshape(-1, d)
+    grads["b_" + name] = g.reshape(-1, d).sum(axis=0)
+dx_q, dx_kv = np.zeros_like(x_q), np.zeros_like(x_kv)
+for h in range(num_heads):
+    cols = slice(h * width, (h + 1) * width)
+    dx_q = dq[..., cols] @ params["W_q"][:, cols].T  # the bug: = where += belongs
+    dx_kv += dk[..., cols] @ params["W_k"][:, cols].T + dv[..., cols] @ params["W_v"][:, cols].T
+"""
+
+BUGS = [
+    Bug("softmax without the max shift", "attention", "softmax_forward",
+        r"e = x - m  #", "e = x.copy()  #", "holds"),
+    Bug("softmax backward without the Σ dout·y term", "attention", "softmax_backward",
+        r"dx = dout - np\.vecdot\(dout, y, axis=axis, keepdims=True\)", "dx = dout.copy()", "largest error"),
+    Bug("causal mask off by one (strictly below the diagonal)", "attention", "causal_mask",
+        r"np\.tril\(np\.ones\(\(t, t\), dtype=bool\)\)", "np.tril(np.ones((t, t), dtype=bool), k=-1)", "differs"),
+    Bug("padding mask off by one (keys j ≤ length)", "attention", "padding_mask",
+        r"np\.arange\(t_k\)\[None, :\] < lengths", "np.arange(t_k)[None, :] <= lengths", "differs"),
+    Bug("attention without 1/√d_k", "attention", "scaled_dot_product_attention_forward",
+        r"scores \*= scale", "pass  # the scale is forgotten", "largest error"),
+    Bug("mask applied after the softmax", "attention", "scaled_dot_product_attention_forward",
+        r"weights, softmax_cache = softmax_forward\(scores, axis=-1, mask=mask\)",
+        "weights, softmax_cache = softmax_forward(scores, axis=-1)\n"
+        "    if mask is not None:\n        weights = weights * mask  # rows no longer sum to 1", "largest error"),
+    Bug("transposed key in the backward", "attention", "scaled_dot_product_attention_backward",
+        r"dq = dscores @ k  #", "dq = dscores @ k.swapaxes(-1, -2)  #", "smallest failing input"),
+    Bug("missing padding mask in multi-head attention", "attention", "multi_head_attention_forward",
+        r"head_mask = None if mask is None else mask\[\.\.\., None, :, :\]", "head_mask = None", "largest error"),
+    Bug("gradient accumulated with = instead of += across heads", "attention", "multi_head_attention_backward",
+        "", _MHA_HEADS_ASSIGN, "dx_q differs"),
+    Bug("dW without flattening the leading axes", "layers", "linear_backward",
+        r"dW = x\.reshape\(-1, x\.shape\[-1\]\)\.T @ dout\.reshape\(-1, dout\.shape\[-1\]\)", "dW = x.T @ dout",
+        "smallest failing input"),
+    Bug("relu gradient 1 at x = 0", "layers", "relu_backward", r"dout \* \(x > 0\)", "dout * (x >= 0)", "dx differs"),
+    Bug("leaky relu backward forgets dout on the negative side", "layers", "leaky_relu_backward",
+        r"negative_slope \* dout\)", "negative_slope)", "dx differs"),
+    Bug("tanh backward without the square", "layers", "tanh_backward", r"1\.0 - y \* y", "1.0 - y", "dx differs"),
+    Bug("sigmoid backward with 1 + σ", "layers", "sigmoid_backward", r"y \* \(1\.0 - y\)", "y * (1.0 + y)", "dx differs"),
+    Bug("σ used where σ² belongs in the reparameterisation", "vae", "reparameterize_forward",
+        r"std = np\.exp\(0\.5 \* log_var\)", "std = np.exp(log_var)", "z differs"),
+    Bug("reparameterisation backward without the ½", "vae", "reparameterize_backward",
+        r"dlog_var = dz \* 0\.5 \* std \* eps", "dlog_var = dz * std * eps", "dlog_var differs"),
+    Bug("KL with the wrong sign", "vae", "gaussian_kl_forward", r"kl = 0\.5 \* np\.sum", "kl = -0.5 * np.sum", "kl differs"),
+    Bug("KL without the ½", "vae", "gaussian_kl_forward", r"kl = 0\.5 \* np\.sum", "kl = np.sum", "kl differs"),
+    Bug("KL computed in float64 whatever the input (np.float64 constant)", "vae", "gaussian_kl_forward",
+        r"kl = 0\.5 \* np\.sum", "kl = np.float64(0.5) * np.sum", "dtype in must equal dtype out"),
+    Bug("KL backward without the −1", "vae", "gaussian_kl_backward",
+        r"0\.5 \* \(var - 1\.0\)", "0.5 * var", "dlog_var differs"),
+    Bug("Bernoulli log-likelihood through log σ(l) (log 0 for large logits)", "vae", "bernoulli_log_likelihood_forward",
+        r"log_likelihood = np\.sum\(x \* logits - _?softplus\(logits\), axis=-1\)",
+        "p = 1.0 / (1.0 + np.exp(-logits))\n    log_likelihood = np.sum(x * np.log(p) + (1.0 - x) * np.log(1.0 - p), axis=-1)",
+        "log_likelihood"),
+    Bug("broadcast log-variance gradient not summed back", "vae", "gaussian_log_likelihood_backward",
+        r"dlog_var = _sum_to_shape\(dll \* 0\.5 \* \(residual \* residual \* inv_var - 1\.0\), log_var_shape\)",
+        "dlog_var = dll * 0.5 * (residual * residual * inv_var - 1.0)", "shape"),
+    Bug("ELBO with the KL added", "vae", "vae_forward", r"elbo = reconstruction - kl", "elbo = reconstruction + kl",
+        "differs"),
+    Bug("encoder gradient without the KL's share", "vae", "vae_backward",
+        r"encode_backward\(dmu \+ dmu_kl, dlog_var \+ dlog_var_kl,", "encode_backward(dmu, dlog_var,", "differs"),
+]
+
+
+def edit(source, bug):
+    """The module's source with the bug in it; raises if the anchor is gone or ambiguous."""
+    if bug.pattern:
+        new, count = re.subn(bug.pattern, lambda _: bug.replacement, source)
+        if count != 1:
+            raise ValueError(f"bug {bug.name!r}: pattern {bug.pattern!r} matches {count} times in scratch/{bug.module}.py")
+        return new
+    block = next(b for b in markers.blocks(source) if b.function == bug.function)
+    lines = source.splitlines(keepends=True)
+    body = "".join(f"{block.indent}{line}\n" if line else "\n" for line in bug.replacement.splitlines())
+    return "".join(lines[: block.begin] + [body] + lines[block.end + 1:])
+
+
+def apply(bug, folder):
+    """Write a submission into `folder`: the reference scratch/ with `bug` applied."""
+    folder = Path(folder)
+    shutil.copytree(REPO / "scratch", folder / "scratch", ignore=shutil.ignore_patterns("__pycache__"))
+    path = folder / "scratch" / f"{bug.module}.py"
+    path.write_text(edit(path.read_text(), bug))
+    return folder
