@@ -36,6 +36,7 @@ def parser():
     grade.add_argument("--json", help="results.json (Gradescope schema); for a class, a folder for NAME.json files")
     grade.add_argument("--csv", default="scores.csv", help="for a class: the CSV of scores (default scores.csv)")
     grade.add_argument("--examples", type=positive(int), default=60, help="inputs drawn per function (default 60)")
+    grade.add_argument("--calls", type=positive(int), default=400, help="calls per function, shrinking included (default 400)")
     grade.add_argument("--timeout", type=positive(float), default=10.0, help="wall-clock seconds per call (default 10)")
     grade.add_argument("--quiet", action="store_true", help="print only the totals")
     return top, {"make": make, "grade": grade}
@@ -76,12 +77,15 @@ def main(argv=None):
         print(f"wrote {args.out}: {len(tasks)} functions of {', '.join(modules)}; students run `python -m pytest -m FUNCTION`")
         return 0
     folders, is_class = submissions(args.submission, command.error)
+    for path, folder_wanted in ((args.json, is_class), (args.csv if is_class else None, False)):
+        if path and os.path.isdir(path) != folder_wanted and os.path.exists(path):
+            command.error(f"{path} exists and is {'not ' if folder_wanted else ''}a folder")
     tasks = tasks_for(modules)
     limits = Limits(call_seconds=args.timeout)
     graded, outputs = [], []
     for name, folder in folders:
         start = time.monotonic()
-        results = grader.grade(folder, tasks, grader.Budget(examples=args.examples), limits)
+        results = grader.grade(folder, tasks, grader.Budget(examples=args.examples, calls=args.calls), limits)
         seconds = time.monotonic() - start
         graded.append((name, results))
         got, most = grader.total(results)

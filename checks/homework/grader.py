@@ -31,6 +31,7 @@ from checks.homework.tasks import Backward
 class Budget(NamedTuple):
     examples: int = 60  # inputs Hypothesis generates per function
     calls: int = 400  # calls per function, shrinking included: bounds the time a failure costs
+    shrink_seconds: float = 10.0  # once a failure is found, stop shrinking after this long
 
 
 class Result(NamedTuple):
@@ -113,8 +114,9 @@ def grade_task(task, workers, budget):
     @given(st.data())
     def search(data):
         case = data.draw(task.cases)
-        if state["calls"] >= budget.calls:
-            raise Stop
+        shrinking_too_long = state["status"] is not None and time.monotonic() - start > budget.shrink_seconds
+        if state["calls"] >= budget.calls or shrinking_too_long:
+            raise Stop  # the failure recorded last is the smallest found so far
         state["calls"] += 1
         try:
             function, args, expected = prepare(task, case)

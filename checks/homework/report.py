@@ -52,8 +52,13 @@ def class_csv(graded):
 
 
 def write_atomic(path, text):
+    """Write `text` to `path` whole, replacing whatever is there (a submission may have put it there)."""
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        os.remove(folder)  # a file where our folder goes: ours to replace
     os.makedirs(folder, exist_ok=True)
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=".results-")
     with os.fdopen(fd, "w") as f:
         f.write(text)

@@ -158,8 +158,8 @@ class Worker:
             code = self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
             self._fail("protocol", f"the submission closed its reply pipe while {doing}")
-        why = {-signal.SIGXCPU: "CPU-time limit exceeded", -signal.SIGKILL: "killed", -signal.SIGXFSZ: "file-size limit exceeded"}
-        status = why.get(code, f"exited with status {code}" if code >= 0 else f"killed by signal {-code}")
+        why = {-signal.SIGXCPU: "went over its CPU-time limit", -signal.SIGXFSZ: "went over its file-size limit"}
+        status = why.get(code, f"exited with status {code}" if code >= 0 else f"was killed by signal {signal.Signals(-code).name}")
         tail = self.output.text()[-1500:]
         self._fail("crashed", f"the process {status} while {doing}" + (f"; its last output:\n{tail}" if tail else ""))
 

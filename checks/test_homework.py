@@ -1,0 +1,217 @@
+"""The homework tools, tested like everything else: markers, the student package, the grader.
+
+The grader must give the reference 100%, the untouched student version 0, every classic bug of
+checks/homework/catalogue.py a 0 on its function (and still a point on the sibling pass it left
+alone), and every cheat of checks/homework/adversaries.py nothing it did not compute, in
+bounded time and memory. Budgets are smaller than in real grading, to keep CI fast.
+"""
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from checks.homework import adversaries, catalogue, grader, make, markers
+from checks.homework.sandbox import Limits
+from checks.homework.tasks import TASKS, tasks_for
+
+pytestmark = pytest.mark.homework
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET = grader.Budget(examples=20, calls=80)
+BY_NAME = {task.name: task for module in TASKS.values() for task in module}
+TOPICS = make.available_topics()
+MODULES = make.resolve_topics(TOPICS)
+
+
+def cli(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "checks.homework", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def sibling(name):
+    """The other half of a forward/backward pair, which a bug in this half must not touch."""
+    for mine, other in (("_forward", "_backward"), ("_backward", "_forward")):
+        if name.endswith(mine) and name[: -len(mine)] + other in BY_NAME:
+            return BY_NAME[name[: -len(mine)] + other]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Markers
+# ----------------------------------------------------------------------------------------------
+
+
+def test_every_graded_function_has_a_solution_block():
+    for module, tasks in TASKS.items():
+        if not (REPO / "scratch" / f"{module}.py").exists():
+            continue
+        found = {b.function for b in markers.blocks((REPO / "scratch" / f"{module}.py").read_text())}
+        missing = [t.name for t in tasks if t.call.function not in found]
+        assert not missing, f"scratch/{module}.py has no solution block in {missing}"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def f():\n    # BEGIN SOLUTION\n    return 1\n", "never closed"),
+    ("def f():\n    # END SOLUTION\n    pass\n", "without BEGIN"),
+    ("def f():\n    # BEGIN SOLUTION\n    # BEGIN SOLUTION\n    pass\n    # END SOLUTION\n", "inside the block"),
+    ("# BEGIN SOLUTION\nx = 1\n# END SOLUTION\n", "inside a function"),
+    ("def f():\n    # BEGIN SOLUTIONS\n    return 1\n", "malformed"),
+])
+def test_malformed_markers_are_errors(source, message):
+    with pytest.raises(markers.MarkerError, match=message):
+        markers.blocks(source, "bad.py")
+
+
+def test_strip_keeps_indentation_and_hint():
+    source = "def f(x):\n    y = x\n    for i in y:\n        # BEGIN SOLUTION\n        # HINT: add one.\n        i += 1\n        # END SOLUTION\n    return y\n"
+    stripped = markers.strip(source, "m")
+    assert "        raise NotImplementedError('m.f: add one.')\n" in stripped and "i += 1" not in stripped
+    compile(stripped, "m.py", "exec")
+
+
+# ----------------------------------------------------------------------------------------------
+# The student package
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    out = tmp_path_factory.mktemp("student") / "homework"
+    tasks = make.make(out, TOPICS)
+    return out, tasks
+
+
+def test_package_holds_no_solution_line(package):
+    out, _ = package
+    sources = {p.name: p.read_text() for p in (REPO / "scratch").glob("*.py")}
+    secret = markers.solution_lines(sources)
+    assert len(secret) > 50  # the check below must have something to find
+    leaks = [f"{path.relative_to(out)}: {line.strip()}" for path in make.student_files(out)
+             for line in path.read_text().splitlines() if line.strip() in secret]
+    assert not leaks, f"solution lines in the student package: {leaks[:5]}"
+
+
+def test_package_imports_and_its_checks_select_one_function(package, tmp_path):
+    out, tasks = package
+    names = sorted(p.stem for p in (out / "scratch").glob("*.py") if p.stem != "__init__")
+    code = "import " + ", ".join(f"scratch.{n}" for n in names)
+    assert subprocess.run([sys.executable, "-I", "-c", code], cwd=out).returncode == 0
+    assert {f"    {t.name}: {t.module}.{t.name}" for t in tasks} <= set((out / "pytest.ini").read_text().splitlines())
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::pytest.PytestUnknownMarkWarning",
+                          "-m", "softmax_backward"], cwd=out, capture_output=True, text=True)
+    assert "NotImplementedError: attention.softmax_backward" in run.stdout and " passed" not in run.stdout, run.stdout[-2000:]
+    # With the reference in place every public check passes: the stored values and gradient checks are right.
+    solved = tmp_path / "solved"
+    shutil.copytree(out, solved)
+    for module in MODULES:
+        (solved / "scratch" / f"{module}.py").write_text((REPO / "scratch" / f"{module}.py").read_text())
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=solved, capture_output=True, text=True)
+    assert run.returncode == 0 and "failed" not in run.stdout, run.stdout[-3000:]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["make", "--out", "x", "--topics", "transformer"], "topic 'transformer' has no module yet: scratch/transformer.py does not exist"),
+    (["make", "--out", "x", "--topics", "poetry"], "unknown topic 'poetry'"),
+    (["grade", "nowhere"], "is not a folder"),
+    (["grade", "."], "holds no scratch/ folder"),
+])
+def test_bad_command_lines_get_clear_errors(args, message, tmp_path):
+    result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Grading: the reference, the untouched student version, determinism
+# ----------------------------------------------------------------------------------------------
+
+
+def test_reference_scores_full_marks():
+    results = grader.grade(REPO, tasks_for(MODULES), BUDGET)
+    failed = [f"{r.task}: {r.status}\n{r.feedback}" for r in results if r.score != r.max_score]
+    assert not failed, "\n".join(failed)
+
+
+def test_student_version_scores_zero_naming_each_function(package):
+    out, tasks = package
+    results = grader.grade(out, tasks, BUDGET)
+    assert [r.score for r in results] == [0.0] * len(tasks)
+    for task, result in zip(tasks, results):
+        assert result.status == "not implemented" and f"{task.module}.{task.call.function}" in result.feedback, result
+
+
+def test_grading_twice_gives_the_same_feedback(tmp_path):
+    bug = catalogue.BUGS[0]
+    submission = catalogue.apply(bug, tmp_path)
+    first, second = (grader.grade(submission, [BY_NAME[bug.function]], BUDGET)[0] for _ in range(2))
+    assert first.status == "failed" and first.feedback == second.feedback
+
+
+# ----------------------------------------------------------------------------------------------
+# The catalogue of classic bugs
+# ----------------------------------------------------------------------------------------------
+
+
+def test_catalogue_is_large_enough():
+    assert len(catalogue.BUGS) >= 15 and len({b.function for b in catalogue.BUGS}) >= 15
+
+
+@pytest.mark.parametrize("bug", catalogue.BUGS, ids=[b.name for b in catalogue.BUGS])
+def test_bug_loses_the_point_of_its_function(bug, tmp_path):
+    submission = catalogue.apply(bug, tmp_path)
+    other = sibling(bug.function)
+    results = grader.grade(submission, [BY_NAME[bug.function]] + ([other] if other else []), BUDGET)
+    hit = results[0]
+    assert hit.score == 0.0 and hit.status in ("failed", "error"), hit
+    assert "smallest failing input" in hit.feedback and bug.expect in hit.feedback, hit.feedback
+    assert all(r.score == 1.0 for r in results[1:]), f"{bug.name} also cost {results[1:]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Adversarial submissions
+# ----------------------------------------------------------------------------------------------
+
+IN_PROCESS = [a for a in adversaries.ADVERSARIES if a.name != "writes a fake results file"]
+
+
+@pytest.mark.parametrize("adversary", IN_PROCESS, ids=[a.name for a in IN_PROCESS])
+def test_adversary_earns_nothing(adversary, tmp_path):
+    submission = adversaries.apply(adversary, tmp_path)
+    start = time.monotonic()
+    results = grader.grade(submission, [BY_NAME[n] for n in adversary.scores], BUDGET, Limits(call_seconds=2.0))
+    assert time.monotonic() - start < 30.0
+    assert {r.task.split(".")[1]: r.score for r in results} == adversary.scores, results
+    assert results[0].status == adversary.status, results[0]
+    # The children's memory stayed within their limit, whatever they asked for.
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < Limits().memory_bytes // 1024
+
+
+def test_class_grading_writes_real_results_despite_a_forger(package, tmp_path):
+    """A class of three: the reference, the untouched student version, and a results forger."""
+    out, _ = package
+    shutil.copytree(REPO / "scratch", tmp_path / "alice" / "scratch", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(out, tmp_path / "bob")
+    forger = next(a for a in adversaries.ADVERSARIES if a.name == "writes a fake results file")
+    adversaries.apply(forger, tmp_path / "mallory")
+    result = cli("grade", str(tmp_path), "--topics", "attention", "--examples", "5", "--calls", "40", "--quiet",
+                 "--json", "json", "--csv", "scores.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    attention = tasks_for(make.resolve_topics(["attention"]))
+    rows = (tmp_path / "scores.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["submission", "total", "max_score"] and len(rows) == 4
+    totals = {row.split(",")[0]: float(row.split(",")[1]) for row in rows[1:]}
+    # mallory's softmax_forward is wrong, and both attention forwards call it: three points lost.
+    assert totals == {"alice": len(attention), "bob": 0.0, "mallory": len(attention) - 3.0}
+    for name, total in totals.items():
+        data = json.loads((tmp_path / "json" / f"{name}.json").read_text())
+        assert data["score"] == total and len(data["tests"]) == len(attention)
+        assert all(set(t) >= {"name", "score", "max_score", "status", "output"} for t in data["tests"])
+    tests = {t["name"]: t for t in json.loads((tmp_path / "json" / "mallory.json").read_text())["tests"]}
+    assert tests["attention.softmax_forward"]["status"] == "failed" and tests["attention.causal_mask"]["score"] == 1.0
