@@ -215,7 +215,13 @@ def bench_vae_step(args):
     return bench_vae(args, report)
 
 
-BENCHES = {"attention": bench_attention, "vae": bench_vae_step}  # later topics add "gan"
+def bench_homework(args):
+    from checks.homework.bench import bench_homework as bench
+
+    return bench(args)
+
+
+BENCHES = {"attention": bench_attention, "vae": bench_vae_step, "homework": bench_homework}  # later topics add "gan"
 
 
 def main(argv=None):
