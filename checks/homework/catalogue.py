@@ -89,6 +89,12 @@ BUGS = [
         "dlog_var = dll * 0.5 * (residual * residual * inv_var - 1.0)", "shape"),
     Bug("ELBO with the KL added", "vae", "vae_forward", r"elbo = reconstruction - kl", "elbo = reconstruction + kl",
         "differs"),
+    Bug("minimax and non-saturating generator losses swapped", "gan", "generator_loss_forward",
+        r'if kind == "minimax":(?=\s+loss = -np\.mean)', 'if kind == "non_saturating":', "loss differs"),
+    Bug("discriminator loss backward divides by the total count", "gan", "discriminator_loss_backward",
+        r"\(-dloss / real_logits\.size\)", "(-dloss / (real_logits.size + fake_logits.size))", "d_real_logits differs"),
+    Bug("optimal discriminator computes 0/0 where both densities vanish", "gan", "optimal_discriminator",
+        r"np\.where\(total > 0, p_data / safe, 0\.5\)", "p_data / total", "holds nan"),
     Bug("encoder gradient without the KL's share", "vae", "vae_backward",
         r"encode_backward\(dmu \+ dmu_kl, dlog_var \+ dlog_var_kl,", "encode_backward(dmu, dlog_var,", "differs"),
 ]

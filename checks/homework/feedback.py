@@ -55,7 +55,7 @@ def mismatch(received, expected, dtype, exact):
         bad = ~np.isfinite(r) & np.isfinite(e)
         if np.any(bad):
             where = tuple(int(i) for i in np.argwhere(bad)[0])
-            return Mismatch(name, f"{name} holds {r[where]} at index {where} where {e[where]!r} is expected "
+            return Mismatch(name, f"{name} holds {float(r[where])} at index {where} where {float(e[where])} is expected "
                                   f"(an overflow, a log of 0, or 0/0?)")
         try:
             with np.errstate(all="ignore"):  # inf − inf and the like are reported, not warned about

@@ -169,10 +169,36 @@ VAE += [
 ]
 
 # ----------------------------------------------------------------------------------------------
+# gan
+# ----------------------------------------------------------------------------------------------
+
+
+def _gan_loss(dtype):
+    """Logits of order 1, or of order 30, where log σ(l) computed naively is log 0 = −inf."""
+    return st.tuples(S.gan_loss_cases(dtype), st.sampled_from([1.0, 30.0])).map(lambda cs: {
+        **cs[0]._asdict(), "real_logits": cs[0].real_logits * np.asarray(cs[1], dtype),
+        "fake_logits": cs[0].fake_logits * np.asarray(cs[1], dtype)})
+
+
+@st.composite
+def _densities(draw, dtype):
+    """Two densities ≥ 0 at the same points; zeros in both happen (D* is ½ there, not 0/0)."""
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=2, max_side=4))
+    return {"p_data": np.abs(draw(S.floats(dtype, shape))), "p_g": np.abs(draw(S.floats(dtype, shape)))}
+
+
+GAN = pair("gan", "discriminator_loss", by_dtype(_gan_loss), ("real_logits", "fake_logits"), {"loss": (0,)}, "dloss",
+           {"d_real_logits": (0,), "d_fake_logits": (1,)}, "(d_real_logits, d_fake_logits)")
+GAN += pair("gan", "generator_loss", by_dtype(_gan_loss), ("fake_logits", "kind"), {"loss": (0,)}, "dloss",
+            {"d_fake_logits": ()}, "d_fake_logits")
+GAN += [Task("optimal_discriminator", "gan", by_dtype(_densities), Forward("optimal_discriminator", ("p_data", "p_g"),
+                                                                          {"d_star": ()}), "an array shaped like p_data")]
+
+# ----------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------
 
-TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE}
+TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE, "gan": GAN}
 
 # topic → the modules it hands out, in the order a student works through them. A topic whose
 # module does not exist yet in scratch/ (transformer) is refused with a clear message.

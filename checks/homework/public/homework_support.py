@@ -80,7 +80,7 @@ def gradient_check(c, rng=None):
     names = c.spec["arg_names"]
     inputs = {}
     for output in dict(c.spec["outputs"]):
-        arg = "params" if output == "grads" else output[1:]
+        arg = "params" if output == "grads" else output[1:].lstrip("_")  # dx → x, d_real_logits → real_logits
         value = args[names.index(arg)]
         if isinstance(value, dict):
             inputs.update({f"{arg}.{key}": v for key, v in value.items()})
@@ -105,7 +105,8 @@ def gradient_check(c, rng=None):
     def backward(g, cache):
         result = getattr(module, c.spec["function"])(g, cache)
         grads = protocol.select(result, dict(c.spec["outputs"]))
-        return {("params" + name[len("grads"):] if name.startswith("grads.") else name[1:]): g for name, g in grads.items()}
+        return {("params" + name[len("grads"):] if name.startswith("grads.") else name[1:].lstrip("_")): g
+                for name, g in grads.items()}
 
     return check_vjp(forward, backward, inputs, rng or np.random.default_rng(0)).error
 
