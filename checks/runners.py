@@ -4,6 +4,8 @@ Each runner returns a dict {"out": …, "d<input>": …}, so that a check compar
 implementations name by name and a failure says which output or gradient disagrees.
 """
 
+import numpy as np
+
 
 def run_softmax(module, case):
     out, cache = module.softmax_forward(case.x, case.axis, case.mask)
@@ -68,4 +70,55 @@ RUNNERS.update({
     "bernoulli_log_likelihood": run_bernoulli_log_likelihood,
     "gaussian_log_likelihood": run_gaussian_log_likelihood,
     "vae": run_vae,
+})
+
+
+# ----------------------------------------------------------------------------------------------
+# The GAN (scratch/gan.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def _scalar(value, dtype):
+    """A loss (a Python float) as a scalar of the inputs' dtype, which holds it exactly."""
+    return np.dtype(dtype).type(value)
+
+
+def run_discriminator_loss(module, case):
+    loss, cache = module.discriminator_loss_forward(case.real_logits, case.fake_logits)
+    d_real, d_fake = module.discriminator_loss_backward(case.dloss, cache)
+    return {"loss": _scalar(loss, case.real_logits.dtype), "d_real_logits": d_real, "d_fake_logits": d_fake}
+
+
+def run_generator_loss(module, case):
+    loss, cache = module.generator_loss_forward(case.fake_logits, case.kind)
+    return {"loss": _scalar(loss, case.fake_logits.dtype), "d_fake_logits": module.generator_loss_backward(case.dloss, cache)}
+
+
+def run_generator(module, case):
+    x, cache = module.generator_forward(case.z, case.params, case.config)
+    dz, grads = module.generator_backward(case.dx, cache)
+    return {"x": x, "dz": dz, **{f"d{name}": g for name, g in grads.items()}}
+
+
+def run_discriminator(module, case):
+    logits, cache = module.discriminator_forward(case.x, case.params, case.config)
+    dx, grads = module.discriminator_backward(case.dlogits, cache)
+    return {"logits": logits, "dx": dx, **{f"d{name}": g for name, g in grads.items()}}
+
+
+def run_gan_steps(module, case):
+    """One discriminator step and one generator step: both losses and every parameter's gradient."""
+    dtype = case.x.dtype
+    disc_loss, disc_grads = module.discriminator_step(case.x, case.z, case.params, case.config)
+    gen_loss, gen_grads = module.generator_step(case.z, case.params, case.config, case.kind)
+    return {"disc_loss": _scalar(disc_loss, dtype), "gen_loss": _scalar(gen_loss, dtype),
+            **{f"d{name}": g for name, g in {**disc_grads, **gen_grads}.items()}}
+
+
+RUNNERS.update({
+    "discriminator_loss": run_discriminator_loss,
+    "generator_loss": run_generator_loss,
+    "generator": run_generator,
+    "discriminator": run_discriminator,
+    "gan_steps": run_gan_steps,
 })

@@ -226,3 +226,56 @@ def vae_cases(draw, dtype, kind):
     eps = draw(floats(dtype, (b, z), bound=2.0))
     dloss = draw(st.sampled_from([1.0, -0.5, 2.0]))
     return VAECase(x, params, eps, config, dloss)
+
+
+# ----------------------------------------------------------------------------------------------
+# The GAN (scratch/gan.py)
+# ----------------------------------------------------------------------------------------------
+
+
+class GANLossCase(NamedTuple):
+    real_logits: np.ndarray  # (B_real,)
+    fake_logits: np.ndarray  # (B_fake,)
+    kind: str  # the generator loss
+    dloss: float
+
+
+@st.composite
+def gan_loss_cases(draw, dtype):
+    """Logits for a real and a fake batch of different sizes, a generator loss kind, an upstream dloss."""
+    b_real, b_fake = draw(distinct_pair(1, 5))
+    kind = draw(st.sampled_from(["minimax", "non_saturating"]))
+    return GANLossCase(draw(floats(dtype, (b_real,), bound=6.0)), draw(floats(dtype, (b_fake,), bound=6.0)), kind,
+                       draw(st.sampled_from([1.0, -0.5, 2.0])))
+
+
+class GANCase(NamedTuple):
+    config: object  # scratch.gan.GANConfig
+    params: dict  # the scratch layout, parameter_shapes(config)
+    x: np.ndarray  # (B, D) real data
+    z: np.ndarray  # (B, Z) noise
+    dx: np.ndarray  # (B, D) upstream gradient of G's samples
+    dlogits: np.ndarray  # (B / m,) upstream gradient of D's logits
+    kind: str
+
+
+@st.composite
+def gan_cases(draw, dtype):
+    """A small GAN (one or two hidden layers each, packing 1 or 2, linear or sigmoid output).
+
+    D, Z and the widths differ, and B is a multiple of the pack. Parameters come from a NumPy
+    generator seeded by Hypothesis, at Kaiming scale as init_gan draws them.
+    """
+    from scratch.gan import GANConfig, init_gan
+
+    d, z, h1, h2 = draw(st.lists(st.integers(1, 5), min_size=4, max_size=4, unique=True), label="D, Z, H1, H2")
+    pack = draw(st.sampled_from([1, 2]), label="pack")
+    gen_hidden = draw(st.sampled_from([(h1,), (h1, h2)]), label="gen_hidden")
+    disc_hidden = draw(st.sampled_from([(h2,), (h2, h1)]), label="disc_hidden")
+    gen_output = draw(st.sampled_from(["linear", "sigmoid"]), label="gen_output")
+    config = GANConfig(x_dim=d, z_dim=z, gen_hidden=gen_hidden, disc_hidden=disc_hidden, pack=pack, gen_output=gen_output)
+    params = init_gan(config, np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="parameter seed")), dtype)
+    b = pack * draw(st.integers(1, 3), label="B / pack")
+    x, zz, dx = draw(floats(dtype, (b, d), bound=2.0)), draw(floats(dtype, (b, z), bound=2.0)), draw(floats(dtype, (b, d)))
+    dlogits = draw(floats(dtype, (b // pack,)))
+    return GANCase(config, params, x, zz, dx, dlogits, draw(st.sampled_from(["minimax", "non_saturating"])))

@@ -21,34 +21,13 @@ from checks.implementations import IMPLEMENTATIONS, require
 from checks.strategies import (
     LOG_VAR_SHAPES, VAE_KINDS, bernoulli_cases, gaussian_likelihood_cases, latent_cases, vae_cases,
 )
-from checks.tolerances import GRADCHECK_RTOL, assert_close, assert_clear_error
+from checks.tolerances import assert_clear_error, assert_close, assert_vjp
 from scratch import vae as V
-from scratch.gradcheck import check_vjp
 
 pytestmark = pytest.mark.vae
 
 K = 4.0  # Monte-Carlo tolerance, in standard errors
 seeds = st.integers(0, 2**32 - 1)
-
-
-def assert_vjp(forward, backward, inputs, seed, what, scale=None):
-    """check_vjp's relative error below GRADCHECK_RTOL, or an absolute error below the rounding floor.
-
-    Central differences carry a rounding error of about ε_mach · (size of the terms summed) / h,
-    1e-10 × that size at h = 1e-6; at a stationary point (μ = 0, log σ² = 0 for the KL) the exact
-    derivative is 0 and only this noise is left, so the relative error is 1 whatever the backward
-    does. The floor, 1e-8 × `scale` (by default 1 + Σ|out|), sits 100× above that noise and far
-    below the size of a real mistake, which is of the order of the gradient itself.
-    """
-    result = check_vjp(forward, backward, inputs, np.random.default_rng(seed))
-    if scale is None:
-        scale = 1.0 + float(np.sum(np.abs(forward({k: np.asarray(v, np.float64) for k, v in inputs.items()})[0])))
-    floor = 1e-8 * scale
-    assert result.error < GRADCHECK_RTOL or abs(result.analytic - result.numeric) < floor, (
-        f"scratch: {what} backward disagrees with central differences along a random direction: "
-        f"analytic {result.analytic!r}, numeric {result.numeric!r}, relative error {result.error:.3g} "
-        f"(tolerance {GRADCHECK_RTOL:g}, or an absolute error below {floor:.3g})"
-    )
 
 
 def assert_within_standard_errors(estimate, standard_error, exact, what):

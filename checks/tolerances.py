@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from scratch.gradcheck import check_vjp
+
 
 class Tolerance(NamedTuple):
     rtol: float
@@ -63,3 +65,23 @@ def assert_clear_error(impl, what, call, error, fragments):
     message = str(raised.value)
     missing = [f for f in fragments if f not in message]
     assert not missing, f"{impl}: the error for {what} should mention {missing}; it says: {message}"
+
+
+def assert_vjp(forward, backward, inputs, seed, what, scale=None):
+    """check_vjp's relative error below GRADCHECK_RTOL, or an absolute error below the rounding floor.
+
+    Central differences carry a rounding error of about ε_mach · (size of the terms summed) / h,
+    1e-10 × that size at h = 1e-6; at a stationary point (μ = 0, log σ² = 0 for the KL) the exact
+    derivative is 0 and only this noise is left, so the relative error is 1 whatever the backward
+    does. The floor, 1e-8 × `scale` (by default 1 + Σ|out|), sits 100× above that noise and far
+    below the size of a real mistake, which is of the order of the gradient itself.
+    """
+    result = check_vjp(forward, backward, inputs, np.random.default_rng(seed))
+    if scale is None:
+        scale = 1.0 + float(np.sum(np.abs(forward({k: np.asarray(v, np.float64) for k, v in inputs.items()})[0])))
+    floor = 1e-8 * scale
+    assert result.error < GRADCHECK_RTOL or abs(result.analytic - result.numeric) < floor, (
+        f"scratch: {what} backward disagrees with central differences along a random direction: "
+        f"analytic {result.analytic!r}, numeric {result.numeric!r}, relative error {result.error:.3g} "
+        f"(tolerance {GRADCHECK_RTOL:g}, or an absolute error below {floor:.3g})"
+    )

@@ -41,9 +41,22 @@ def build_parser(prog, implementation):
     gan.add_argument("--pack", type=int, default=2, help="samples the discriminator judges at once (PacGAN; 1 = plain GAN)")
     gan.add_argument("--disc-steps", type=int, default=1, help="discriminator updates per generator update (k)")
     gan.add_argument("--loss", choices=("non_saturating", "minimax"), default="non_saturating", help="generator loss")
-    gan.add_argument("--lr-end", type=float, default=1e-5, help="the learning rate at the last step (geometric decay)")
+    gan.add_argument("--lr-end", type=float, default=1e-5, help="the learning rate reached at step --decay-steps")
+    gan.add_argument("--decay-steps", type=int, help="the rate falls geometrically from --lr to --lr-end over "
+                     "this many steps, then stays (default: --steps)")
     gan.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     return parser
+
+
+def previous_config(out):
+    """The config of the run being resumed (its metrics.json), so that --resume keeps its schedule."""
+    import os
+
+    path = os.path.join(out, "metrics.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f).get("config", {})
 
 
 def progress_bar():
@@ -59,13 +72,15 @@ def progress_bar():
 
 def main(argv=None, prog="python -m scratch", implementation="scratch", trainers=None):
     args = build_parser(prog, implementation).parse_args(argv)
+    if args.out is None:
+        args.out = f"runs/{args.model}-{implementation}"
     for name, value in DEFAULTS[args.model].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.decay_steps is None:
+        args.decay_steps = previous_config(args.out).get("decay_steps", args.steps) if args.resume else args.steps
     if args.steps < 1 or args.eval_every < 1 or args.batch_size < 1:
         raise SystemExit("--steps, --eval-every and --batch-size must be positive")
-    if args.out is None:
-        args.out = f"runs/{args.model}-{implementation}"
     from scratch import train
 
     defaults = {"vae": (train.ScratchVAETrainer, train.train_vae), "gan": (train.ScratchGANTrainer, train.train_gan)}

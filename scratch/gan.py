@@ -226,7 +226,7 @@ def _mlp_backward(dout, caches, net, hidden_backward, output_backward):
         if activation is not None:
             dout = activation(dout, activation_cache)
         dout, grads[f"{net}.W{i}"], grads[f"{net}.b{i}"] = linear_backward(dout, linear_cache)
-    return dout, grads
+    return dout, {name: grads[name] for i in range(1, layers + 1) for name in (f"{net}.W{i}", f"{net}.b{i}")}
 
 
 def generator_forward(z, params, config):

@@ -173,9 +173,10 @@ class GANTrainer:
     IMPLEMENTATION = OPTIMIZER = None
     BETAS = (0.5, 0.999)
 
-    def __init__(self, config, data, seed, steps, batch_size=256, lr=1e-3, lr_end=1e-5, disc_steps=1,
+    def __init__(self, config, data, seed, decay_steps=20000, batch_size=256, lr=1e-3, lr_end=1e-5, disc_steps=1,
                  kind="non_saturating", dtype=np.float64):
-        self.gan_config, self.data, self.seed, self.steps = G.check_gan_config(config), data, seed, steps
+        self.gan_config, self.data, self.seed = G.check_gan_config(config), data, seed
+        self.decay_steps = decay_steps
         self.batch_size, self.lr, self.lr_end, self.disc_steps, self.kind = batch_size, lr, lr_end, disc_steps, kind
         if kind not in G.GENERATOR_LOSSES:
             raise ValueError(f"kind must be one of {G.GENERATOR_LOSSES}, got {kind!r}")
@@ -183,7 +184,9 @@ class GANTrainer:
             raise ValueError(f"--batch-size {batch_size} must be a multiple of --pack {config.pack}")
         self.dtype = np.dtype(dtype)
         self.x_train, self.x_test = load_gan_data(data, self.dtype)
-        self.schedule = exponential_decay(lr, lr_end, steps)
+        # the rate at a step depends on the step alone, not on how long this run is: a run of
+        # 3 steps is the prefix of a run of 6, which is what lets a run resume exactly
+        self.schedule = exponential_decay(lr, lr_end, decay_steps)
         self._build(G.init_gan(config, np.random.default_rng(seed), dtype=self.dtype))
 
     def disc_lr(self, update):
@@ -228,7 +231,7 @@ class GANTrainer:
 
     def config(self):
         return {"model": "gan", "implementation": self.IMPLEMENTATION, "data": self.data, **self.gan_config._asdict(),
-                "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "lr_end": self.lr_end,
+                "decay_steps": self.decay_steps, "batch_size": self.batch_size, "lr": self.lr, "lr_end": self.lr_end,
                 "disc_steps": self.disc_steps, "kind": self.kind, "betas": self.BETAS, "optimizer": self.OPTIMIZER,
                 "dtype": self.dtype.name}
 
@@ -282,7 +285,7 @@ def train_gan(args, make_trainer=ScratchGANTrainer, make_bar=None):
     from scratch.runs import _atomic_write
 
     config = gan_config_for(args.data, pack=args.pack, z_dim=args.z_dim)
-    trainer = make_trainer(config, args.data, args.seed, args.steps, batch_size=args.batch_size, lr=args.lr,
+    trainer = make_trainer(config, args.data, args.seed, args.decay_steps, batch_size=args.batch_size, lr=args.lr,
                            lr_end=args.lr_end, disc_steps=args.disc_steps, kind=args.loss,
                            dtype=np.dtype(args.dtype))
     metrics = run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,

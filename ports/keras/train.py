@@ -11,9 +11,11 @@ run resumes exactly.
 import keras
 import numpy as np
 
+from ports.keras.gan import from_keras_gan, to_keras_gan
 from ports.keras.vae import from_keras_vae, to_keras_vae
+from scratch import gan as G
 from scratch import vae as V
-from scratch.train import VAETrainer
+from scratch.train import GANTrainer, VAETrainer
 
 
 class KerasVAETrainer(VAETrainer):
@@ -46,4 +48,59 @@ class KerasVAETrainer(VAETrainer):
         self.model.sampling.seed_generator.state.assign(arrays["optim.keras.sampling_seed"])
 
 
-TRAINERS = {"vae": KerasVAETrainer}
+class KerasGANTrainer(GANTrainer):
+    """The `GAN` keras.Model trained by its own train_step (what fit runs), one real batch per step.
+
+    Keras's Adam follows the same geometric decay through a keras ExponentialDecay schedule
+    (staircase, one stair per step: D's optimizer counts `disc_steps` updates a step).
+    """
+
+    IMPLEMENTATION, OPTIMIZER = "keras", "keras.optimizers.Adam"
+
+    def _schedule(self, updates_per_step):
+        span = max(self.decay_steps - 1, 1)
+        rate = (self.lr_end / self.lr) ** (1.0 / span)
+        return keras.optimizers.schedules.ExponentialDecay(self.lr, updates_per_step, rate, staircase=True)
+
+    def _build(self, params):
+        self.model = to_keras_gan(params, self.gan_config, seed=self.seed, kind=self.kind, disc_steps=self.disc_steps)
+        beta_1, beta_2 = self.BETAS
+        self.model.compile(
+            d_optimizer=keras.optimizers.Adam(self._schedule(self.disc_steps), beta_1=beta_1, beta_2=beta_2),
+            g_optimizer=keras.optimizers.Adam(self._schedule(1), beta_1=beta_1, beta_2=beta_2),
+        )
+
+    def generate(self, z):
+        return np.asarray(self.model.generate(z))
+
+    def discriminate(self, x):
+        return np.asarray(self.model.discriminate(x))
+
+    def train_step(self, step):
+        # the model's own train_step draws the noise (keras.random with the seed), as under fit
+        x_real = self.real_batch((step - 1) * self.disc_steps + 1)
+        logs = self.model.train_on_batch(x_real, return_dict=True)
+        self.last_losses = (float(logs["d_loss"]), float(logs["g_loss"]))
+        self.model.reset_metrics()  # the logs are this batch's losses, not a running mean
+        return self.last_losses[0]
+
+    def _optimizers(self):
+        return (("gen", self.model.g_optimizer), ("disc", self.model.d_optimizer))
+
+    def state(self):
+        arrays = dict(from_keras_gan(self.model))
+        for net, optimizer in self._optimizers():
+            for i, variable in enumerate(optimizer.variables):
+                arrays[f"optim.keras.{net}.{i}"] = np.asarray(variable.numpy())
+        arrays["optim.keras.seed"] = np.asarray(self.model.seed_generator.state.numpy())
+        return arrays
+
+    def load_state(self, arrays):
+        self._build({name: arrays[name] for name in G.parameter_shapes(self.gan_config)})
+        for net, optimizer in self._optimizers():
+            for i, variable in enumerate(optimizer.variables):
+                variable.assign(arrays[f"optim.keras.{net}.{i}"])
+        self.model.seed_generator.state.assign(arrays["optim.keras.seed"])
+
+
+TRAINERS = {"vae": KerasVAETrainer, "gan": KerasGANTrainer}

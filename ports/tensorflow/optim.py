@@ -13,6 +13,7 @@ class Adam(tf.Module):
     """Adam (Kingma and Ba, 2015, Algorithm 1) over a dict of named tf.Variables."""
 
     def __init__(self, variables, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, name="adam"):
+        """lr: a number, or a tf.Variable that the caller assigns to follow a schedule."""
         super().__init__(name=name)
         self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
         self.t = tf.Variable(0, dtype=tf.int64, name="t")
@@ -31,7 +32,7 @@ class Adam(tf.Module):
             # θ_t = θ_{t−1} − α · m̂_t / (√v̂_t + ε), m̂ = m / (1 − β1ᵗ), v̂ = v / (1 − β2ᵗ)
             m_hat = m / (1.0 - self.beta1**t)
             v_hat = v / (1.0 - self.beta2**t)
-            p.assign_sub(self.lr * m_hat / (tf.sqrt(v_hat) + self.eps))
+            p.assign_sub(tf.cast(self.lr, p.dtype) * m_hat / (tf.sqrt(v_hat) + self.eps))
 
     def state_dict(self):
         """The state in scratch/optim.py's layout: "t", "m.<name>", "v.<name>"."""

@@ -8,10 +8,12 @@ Checkpoints are in the scratch layout, optimizer state included.
 
 import tensorflow as tf
 
+from ports.tensorflow.gan import from_tf_gan, to_tf_gan
 from ports.tensorflow.optim import Adam
 from ports.tensorflow.vae import from_tf_vae, to_tf_vae
+from scratch import gan as G
 from scratch import vae as V
-from scratch.train import VAETrainer, split_optimizer_state
+from scratch.train import GANTrainer, VAETrainer, _prefixed, split_optimizer_state
 
 
 class TensorFlowVAETrainer(VAETrainer):
@@ -47,4 +49,44 @@ class TensorFlowVAETrainer(VAETrainer):
         self.optimizer.load_state_dict(split_optimizer_state(arrays))
 
 
-TRAINERS = {"vae": TensorFlowVAETrainer}
+class TensorFlowGANTrainer(GANTrainer):
+    """A tf.Module GAN with one tf.function-compiled step per player and ports/tensorflow/optim.py's Adam."""
+
+    IMPLEMENTATION, OPTIMIZER = "tensorflow", "adam (ports/tensorflow/optim.py)"
+
+    def _build(self, params):
+        self.gan = to_tf_gan(params, self.gan_config)
+        self.lr_variable = tf.Variable(self.lr, dtype=tf.float64, trainable=False, name="lr")
+        gen = {k: v for k, v in self.gan.params.items() if k.startswith("gen.")}
+        disc = {k: v for k, v in self.gan.params.items() if k.startswith("disc.")}
+        self.gen_optimizer = Adam(gen, lr=self.lr_variable, betas=self.BETAS, name="adam_gen")
+        self.disc_optimizer = Adam(disc, lr=self.lr_variable, betas=self.BETAS, name="adam_disc")
+        kind = self.kind
+        self._compiled_disc_step = tf.function(lambda x, z: self.gan.discriminator_train_step(x, z, self.disc_optimizer))
+        self._compiled_gen_step = tf.function(lambda z: self.gan.generator_train_step(z, self.gen_optimizer, kind))
+
+    def generate(self, z):
+        return self.gan.generate(tf.constant(z)).numpy()
+
+    def discriminate(self, x):
+        return self.gan.discriminate(tf.constant(x)).numpy()
+
+    def _disc_step(self, x_real, z):
+        self.lr_variable.assign(self.schedule(self.current_step))
+        return float(self._compiled_disc_step(tf.constant(x_real), tf.constant(z)))
+
+    def _gen_step(self, z):
+        self.lr_variable.assign(self.schedule(self.current_step))
+        return float(self._compiled_gen_step(tf.constant(z)))
+
+    def state(self):
+        return {**from_tf_gan(self.gan), **{f"optim.gen.{k}": v for k, v in self.gen_optimizer.state_dict().items()},
+                **{f"optim.disc.{k}": v for k, v in self.disc_optimizer.state_dict().items()}}
+
+    def load_state(self, arrays):
+        self._build({name: arrays[name] for name in G.parameter_shapes(self.gan_config)})
+        self.gen_optimizer.load_state_dict(_prefixed(arrays, "optim.gen."))
+        self.disc_optimizer.load_state_dict(_prefixed(arrays, "optim.disc."))
+
+
+TRAINERS = {"vae": TensorFlowVAETrainer, "gan": TensorFlowGANTrainer}

@@ -49,7 +49,7 @@ def discriminator_loss_forward(real_logits, fake_logits):
     check_same_dtype(real_logits=real_logits, fake_logits=fake_logits)
     inputs = (_leaf(real_logits), _leaf(fake_logits))
     loss = _discriminator_loss(*inputs)
-    return float(loss), Cache(inputs, loss)
+    return float(loss.detach()), Cache(inputs, loss)
 
 
 def discriminator_loss_backward(dloss, cache):
@@ -65,7 +65,7 @@ def generator_loss_forward(fake_logits, kind):
         raise ValueError(f"kind must be one of {GENERATOR_LOSSES}, got {kind!r}")
     inputs = (_leaf(fake_logits),)
     loss = _generator_loss(inputs[0], kind)
-    return float(loss), Cache(inputs, loss)
+    return float(loss.detach()), Cache(inputs, loss)
 
 
 def generator_loss_backward(dloss, cache):
