@@ -8,17 +8,17 @@ bounded time and memory. Budgets are smaller than in real grading, to keep CI fa
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from checks.homework import adversaries, catalogue, grader, make, markers
-from checks.homework.sandbox import Limits
+from checks.homework.sandbox import Limits, SubmissionError, Worker
 from checks.homework.tasks import TASKS, tasks_for
 
 pytestmark = pytest.mark.homework
@@ -189,8 +189,17 @@ def test_adversary_earns_nothing(adversary, tmp_path):
     assert time.monotonic() - start < 30.0
     assert {r.task.split(".")[1]: r.score for r in results} == adversary.scores, results
     assert results[0].status == adversary.status, results[0]
-    # The children's memory stayed within their limit, whatever they asked for.
-    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < Limits().memory_bytes // 1024
+
+
+def test_a_child_asking_for_20_gb_gets_a_memory_error_and_stays_small(tmp_path):
+    hoarder = next(a for a in adversaries.ADVERSARIES if a.name == "allocates 20 GB")
+    worker = Worker(adversaries.apply(hoarder, tmp_path), "attention", Limits())
+    try:
+        with pytest.raises(SubmissionError, match="MemoryError"):
+            worker.call("softmax_forward", [np.zeros(3), -1, None], {"out": (0,)})
+    finally:
+        worker.close()
+    assert worker.peak_rss_bytes is not None and worker.peak_rss_bytes < 512 * 1024**2
 
 
 def test_class_grading_writes_real_results_despite_a_forger(package, tmp_path):
