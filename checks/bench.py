@@ -221,7 +221,13 @@ def bench_homework(args):
     return bench(args)
 
 
-BENCHES = {"attention": bench_attention, "vae": bench_vae_step, "homework": bench_homework}  # later topics add "gan"
+def bench_gan_step(args):
+    from checks.bench_gan import bench_gan
+
+    return bench_gan(args, report)
+
+
+BENCHES = {"attention": bench_attention, "vae": bench_vae_step, "gan": bench_gan_step, "homework": bench_homework}
 
 
 def main(argv=None):

@@ -20,6 +20,7 @@ FIGURES = [
     "attention_scale",
     "port_errors",
     "vae",
+    "gan",
 ]
 
 DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))

@@ -9,6 +9,7 @@ import numpy as np
 
 from scratch import gan as G
 from scratch import vae as V
+from scratch.data import mixture, sample_mixture
 from scratch.layers import sigmoid
 from scratch.optim import Adam, exponential_decay
 from scratch.runs import EVAL_NOISE, TRAIN_NOISE, batch_for_step, noise_for_step, run_training
@@ -184,6 +185,10 @@ class GANTrainer:
             raise ValueError(f"--batch-size {batch_size} must be a multiple of --pack {config.pack}")
         self.dtype = np.dtype(dtype)
         self.x_train, self.x_test = load_gan_data(data, self.dtype)
+        # The networks work in units where the data fits in [-1, 1]: the grid, which spans ±4, is
+        # divided by 4 on the way in and G's points are multiplied by 4 on the way out. (Kaiming
+        # initialisation and Adam's step sizes both assume inputs and outputs of order 1.)
+        self.data_scale = 1.0 if self.x_train is not None else float(np.abs(mixture(data).centers).max())
         # the rate at a step depends on the step alone, not on how long this run is: a run of
         # 3 steps is the prefix of a run of 6, which is what lets a run resume exactly
         self.schedule = exponential_decay(lr, lr_end, decay_steps)
@@ -196,10 +201,8 @@ class GANTrainer:
     def real_batch(self, update):
         if self.x_train is not None:
             return self.x_train[batch_for_step(update, len(self.x_train), self.batch_size, self.seed, drop_last=True)]  # (B, D)
-        from scratch.data import sample_mixture
-
         rng = np.random.default_rng([self.seed, REAL_SAMPLES, update])
-        return sample_mixture(self.data, self.batch_size, rng, self.dtype)  # (B, 2)
+        return sample_mixture(self.data, self.batch_size, rng, self.dtype) / self.data_scale  # (B, 2)
 
     def noise(self, count, stream, n=None):
         return noise_for_step(count, self.seed, (n or self.batch_size, self.gan_config.z_dim), self.dtype, stream)
@@ -214,8 +217,8 @@ class GANTrainer:
         return disc_loss
 
     def samples(self, n=SAMPLES):
-        """n generated samples from fixed evaluation noise: the same points at every evaluation."""
-        return self.generate(self.noise(0, EVAL_NOISE, n))
+        """n generated samples from fixed evaluation noise (the same points at every evaluation), in data units."""
+        return self.generate(self.noise(0, EVAL_NOISE, n)) * self.data_scale
 
     def evaluate(self):
         figures = {"disc_loss": self.last_losses[0], "gen_loss": self.last_losses[1]}
