@@ -147,11 +147,16 @@ def test_student_version_scores_zero_naming_each_function(package):
         assert result.status == "not implemented" and f"{task.module}.{task.call.function}" in result.feedback, result
 
 
-def test_grading_twice_gives_the_same_feedback(tmp_path):
-    bug = catalogue.BUGS[0]
-    submission = catalogue.apply(bug, tmp_path)
-    first, second = (grader.grade(submission, [BY_NAME[bug.function]], BUDGET)[0] for _ in range(2))
-    assert first.status == "failed" and first.feedback == second.feedback
+def test_grading_twice_gives_the_same_feedback(tmp_path, monkeypatch):
+    """Even after new modules are imported: Hypothesis would otherwise draw their constants."""
+    bug = next(b for b in catalogue.BUGS if b.function == "tanh_backward")
+    submission = catalogue.apply(bug, tmp_path / "submission")
+    first = grader.grade(submission, [BY_NAME[bug.function]], BUDGET)[0]
+    (tmp_path / "constants_galore.py").write_text("".join(f"c{i} = {i / 7!r}\n" for i in range(200)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("constants_galore")
+    second = grader.grade(submission, [BY_NAME[bug.function]], BUDGET)[0]
+    assert first.status == "failed" and (first.feedback, first.calls) == (second.feedback, second.calls)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Scoring: one point per function, all or nothing: every output, or every gradient
 on every example drawn. Forward and backward are separate functions, so they score apart.
 """
 
+import contextlib
 import importlib
 import time
 from typing import NamedTuple
@@ -42,6 +43,31 @@ class Result(NamedTuple):
     feedback: str
     calls: int
     seconds: float
+
+
+@contextlib.contextmanager
+def fixed_generation():
+    """Make Hypothesis draw the same inputs whatever else this process has imported.
+
+    Hypothesis (6.13x and later) mixes into its draws the constants it finds in every local
+    module loaded so far, so the inputs for one function would change with the topics graded
+    before it, or between the CLI and the tests. A grade must depend on the submission alone,
+    so the pool of local constants is held empty while grading (a private API: skipped if absent).
+    """
+    try:
+        from hypothesis.internal.conjecture import providers
+
+        original, empty = providers._get_local_constants, providers.Constants()
+        providers.CONSTANTS_CACHE.cache.clear()
+    except (ImportError, AttributeError):
+        yield
+        return
+    providers._get_local_constants = lambda: empty
+    try:
+        yield
+    finally:
+        providers._get_local_constants = original
+        providers.CONSTANTS_CACHE.cache.clear()
 
 
 class Stop(BaseException):
@@ -143,7 +169,8 @@ def grade_task(task, workers, budget):
             raise AssertionError
 
     try:
-        search()
+        with fixed_generation():
+            search()
     except Stop:
         pass
     except Exception:  # the failure, shrunk, is in `state`; Hypothesis's own report is not needed

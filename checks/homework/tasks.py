@@ -75,9 +75,12 @@ def _linear(draw, dtype):
 
 @st.composite
 def _elementwise(draw, dtype, bound=3.0):
+    """x with, often, an exact 0 in it: the kink of relu, where its derivative is taken to be 0."""
     shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))
     scale = draw(st.sampled_from([1.0, 10.0]))  # 10: σ(±30) must not overflow
     x = draw(S.floats(dtype, shape, bound)) * np.asarray(scale, dtype)
+    if draw(st.booleans()):
+        x.flat[draw(st.integers(0, x.size - 1))] = 0.0
     return {"x": x, "negative_slope": draw(st.sampled_from([0.01, 0.2])), "dout": draw(S.floats(dtype, shape))}
 
 
