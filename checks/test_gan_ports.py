@@ -193,3 +193,38 @@ def test_native_models_hold_scratch_weights(impl, dtype, gen_output, pack):
         np.testing.assert_array_equal(back[name], params[name], err_msg=f"{impl}: {name} after the round trip")
     assert_close(generate(z), G.generator_forward(z, params, config)[0], impl=impl, what="native generator")
     assert_close(discriminate(x), G.discriminator_forward(x, params, config)[0], impl=impl, what="native discriminator")
+
+
+@pytest.mark.parametrize("disc_steps", [1, 2])
+def test_keras_fit_plays_the_rounds_scratch_gradients_say(disc_steps):
+    """model.fit(x) on one full batch with SGD: each epoch is `disc_steps` steps of D along scratch's
+    discriminator_step gradient, then one step of G along scratch's generator_step gradient, at
+    the noise the model draws, which a fresh SeedGenerator with the same seed reproduces."""
+    port = require("keras", "gan")
+    import keras
+
+    config = G.GANConfig(x_dim=2, z_dim=3, gen_hidden=(5, 4), disc_hidden=(6,), pack=2)
+    params = G.init_gan(config, np.random.default_rng(3), np.float64)
+    # fit's data adapter hands the batch over as float32 (Keras's floatx) whatever the array's dtype:
+    # data that float32 holds exactly keeps this a float64 check of the model itself
+    x = np.random.default_rng(4).standard_normal((8, 2)).astype(np.float32).astype(np.float64)
+    model = port.to_keras_gan(params, config, seed=7, disc_steps=disc_steps)
+    lr, epochs = 0.125, 2  # exact in float32, where Keras keeps the learning rate
+    model.compile(d_optimizer=keras.optimizers.SGD(learning_rate=lr), g_optimizer=keras.optimizers.SGD(learning_rate=lr))
+    history = model.fit(x, epochs=epochs, batch_size=len(x), shuffle=False, verbose=0).history
+    assert sorted(history) == ["d_loss", "g_loss"], f"keras fit reports {sorted(history)}"
+    seeds = keras.random.SeedGenerator(7)
+    for epoch in range(epochs):
+        for _ in range(disc_steps):
+            z = np.asarray(keras.random.normal((len(x), config.z_dim), dtype="float64", seed=seeds))
+            d_loss, grads = G.discriminator_step(x, z, params, config)
+            params = {k: v - lr * grads[k] if k in grads else v for k, v in params.items()}
+        z = np.asarray(keras.random.normal((len(x), config.z_dim), dtype="float64", seed=seeds))
+        g_loss, grads = G.generator_step(z, params, config)
+        params = {k: v - lr * grads[k] if k in grads else v for k, v in params.items()}
+        for name, value in (("d_loss", d_loss), ("g_loss", g_loss)):
+            # Keras metrics accumulate in float32, whatever the model's dtype
+            assert_close(np.float64(history[name][epoch]), np.float64(value), impl="keras fit",
+                         what=f"epoch {epoch} {name}", dtype=np.float32)
+    for name, value in port.from_keras_gan(model).items():
+        assert_close(value, params[name], impl="keras fit", what=f"{name} after {epochs} rounds")
