@@ -82,7 +82,6 @@ class Worker:
 
     def __init__(self, submission, module, limits=Limits()):
         self.limits, self.module = limits, module
-        self.peak_rss_bytes = None  # known once the child has been reaped
         self.folder = tempfile.mkdtemp(prefix="homework-")
         request_read, self._request = os.pipe()
         self._response, response_write = os.pipe()
@@ -155,8 +154,9 @@ class Worker:
             self._fail("protocol", f"{error} while {doing}")
 
     def _fail_dead(self, doing):
-        code = self._reap(2.0)
-        if code is None:
+        try:
+            code = self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
             self._fail("protocol", f"the submission closed its reply pipe while {doing}")
         why = {-signal.SIGXCPU: "went over its CPU-time limit", -signal.SIGXFSZ: "went over its file-size limit"}
         status = why.get(code, f"exited with status {code}" if code >= 0 else f"was killed by signal {signal.Signals(-code).name}")
@@ -167,30 +167,16 @@ class Worker:
         self.close()
         raise WorkerFailed(status, message)
 
-    def _reap(self, seconds):
-        """Wait for the child with wait4, which also reports its peak memory; its exit code, or None."""
-        deadline = time.monotonic() + seconds
-        while self.process.returncode is None:
-            try:
-                pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
-            except ChildProcessError:
-                return self.process.poll()
-            if pid:
-                self.process.returncode = os.waitstatus_to_exitcode(status)
-                self.peak_rss_bytes = usage.ru_maxrss * 1024  # Linux reports KiB
-            elif time.monotonic() > deadline:
-                return None
-            else:
-                time.sleep(0.005)
-        return self.process.returncode
-
     def close(self):
         """Kill the child's whole process group, close the pipes, remove the working folder."""
         try:  # the group outlives its leader when the submission forked: kill it in any case
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        self._reap(10.0)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
         for fd in (self._request, self._response):
             try:
                 os.close(fd)
