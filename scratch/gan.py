@@ -206,7 +206,10 @@ def init_gan(config, rng, dtype=np.float64):
 
 
 def _mlp_forward(x, params, net, layers, hidden_forward, output_forward):
+    """Layers 1 … L of `net`: linear_forward, then the hidden activation (the output one after layer L)."""
     caches = []
+    # BEGIN SOLUTION
+    # HINT: for i = 1 … layers apply linear_forward with params[f"{net}.W{i}"], then the activation; keep both caches.
     for i in range(1, layers + 1):
         x, linear_cache = linear_forward(x, params[f"{net}.W{i}"], params[f"{net}.b{i}"])  # (B, width_i)
         activation = hidden_forward if i < layers else output_forward
@@ -214,18 +217,24 @@ def _mlp_forward(x, params, net, layers, hidden_forward, output_forward):
         if activation is not None:
             x, activation_cache = activation(x)
         caches.append((linear_cache, activation_cache))
+    # END SOLUTION
     return x, caches
 
 
 def _mlp_backward(dout, caches, net, hidden_backward, output_backward):
+    """Back through _mlp_forward's layers, last to first; returns (d input, grads keyed like params)."""
     grads = {}
     layers = len(caches)
+    # BEGIN SOLUTION
+    # HINT: walk the layers from L down to 1: the activation's backward first, then linear_backward.
+    # chain rule, layer by layer: dout ← activation'(pre) ⊙ dout, then (dout, dW_i, db_i) ← linear_backward
     for i in range(layers, 0, -1):
         linear_cache, activation_cache = caches[i - 1]
         activation = hidden_backward if i < layers else output_backward
         if activation is not None:
             dout = activation(dout, activation_cache)
         dout, grads[f"{net}.W{i}"], grads[f"{net}.b{i}"] = linear_backward(dout, linear_cache)
+    # END SOLUTION
     return dout, {name: grads[name] for i in range(1, layers + 1) for name in (f"{net}.W{i}", f"{net}.b{i}")}
 
 
@@ -234,16 +243,22 @@ def generator_forward(z, params, config):
     z = as_float_array("z", z)
     if z.ndim != 2 or z.shape[1] != config.z_dim:
         raise ValueError(f"z must have shape (B, {config.z_dim}), got shape {z.shape}")
+    # BEGIN SOLUTION
+    # HINT: _mlp_forward with ReLU between layers, and sigmoid_forward after the last one for pixels.
     output = sigmoid_forward if config.gen_output == "sigmoid" else None
     x, caches = _mlp_forward(z, params, "gen", len(config.gen_hidden) + 1, relu_forward, output)  # (B, D)
+    # END SOLUTION
     return x, (caches, config)
 
 
 def generator_backward(dx, cache):
     """Return (dz, grads of every "gen.*" parameter)."""
     caches, config = cache
+    # BEGIN SOLUTION
     output = sigmoid_backward if config.gen_output == "sigmoid" else None
-    return _mlp_backward(dx, caches, "gen", relu_backward, output)
+    dz, grads = _mlp_backward(dx, caches, "gen", relu_backward, output)  # (B, Z) and every "gen.*"
+    # END SOLUTION
+    return dz, grads
 
 
 def discriminator_forward(x, params, config):
@@ -255,7 +270,10 @@ def discriminator_forward(x, params, config):
     x = as_float_array("x", x)
     if x.ndim != 2 or x.shape[1] != config.x_dim or len(x) % config.pack:
         raise ValueError(f"x must have shape (B, {config.x_dim}) with B a multiple of pack={config.pack}, got shape {x.shape}")
+    # BEGIN SOLUTION
+    # HINT: consecutive rows become one row: reshape (B, D) to (B / m, m·D).
     packed = x.reshape(len(x) // config.pack, config.pack * config.x_dim)  # (B/m, m·D)
+    # END SOLUTION
     slope = config.slope
     logits, caches = _mlp_forward(packed, params, "disc", len(config.disc_hidden) + 1,
                                   lambda t: leaky_relu_forward(t, slope), None)  # (B/m, 1)
@@ -266,7 +284,11 @@ def discriminator_backward(dlogits, cache):
     """Return (dx, grads of every "disc.*" parameter)."""
     caches, x_shape = cache
     dpacked, grads = _mlp_backward(dlogits[:, None], caches, "disc", leaky_relu_backward, None)  # (B/m, m·D)
-    return dpacked.reshape(x_shape), grads  # (B, D)
+    # BEGIN SOLUTION
+    # a reshape moves no numbers  ⇒  its backward is the inverse reshape
+    dx = dpacked.reshape(x_shape)  # (B, D)
+    # END SOLUTION
+    return dx, grads
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,6 +302,8 @@ def discriminator_step(x_real, z, params, config):
     G's samples are inputs here, not something to improve: no gradient flows into "gen.*".
     """
     check_same_dtype(x_real=as_float_array("x_real", x_real), z=as_float_array("z", z))
+    # BEGIN SOLUTION
+    # HINT: D judges a real batch and G(z); its loss's two gradients flow back through D twice, and add.
     x_fake, _ = generator_forward(z, params, config)  # (B, D)
     real_logits, real_cache = discriminator_forward(x_real, params, config)  # (B/m,)
     fake_logits, fake_cache = discriminator_forward(x_fake, params, config)  # (B/m,)
@@ -288,15 +312,20 @@ def discriminator_step(x_real, z, params, config):
     _, grads = discriminator_backward(d_real, real_cache)
     _, fake_grads = discriminator_backward(d_fake, fake_cache)
     # the same weights judged both batches  ⇒  their gradients add
-    return loss, {name: grads[name] + fake_grads[name] for name in grads}
+    grads = {name: grads[name] + fake_grads[name] for name in grads}
+    # END SOLUTION
+    return loss, grads
 
 
 def generator_step(z, params, config, kind="non_saturating"):
     """Loss and gradients of every "gen.*" parameter: back through D (held fixed) into G."""
+    # BEGIN SOLUTION
+    # HINT: loss → D's logits → D's input (dx, not D's own gradients) → G's parameters.
     x_fake, gen_cache = generator_forward(z, params, config)  # (B, D)
     fake_logits, disc_cache = discriminator_forward(x_fake, params, config)  # (B/m,)
     loss, loss_cache = generator_loss_forward(fake_logits, kind)
     d_fake = generator_loss_backward(1.0, loss_cache)  # (B/m,)
     dx_fake, _ = discriminator_backward(d_fake, disc_cache)  # (B, D); D's own gradients are dropped
     _, grads = generator_backward(dx_fake, gen_cache)
+    # END SOLUTION
     return loss, grads

@@ -154,7 +154,10 @@ def grade_task(task, workers, budget):
         except SubmissionError as error:
             meta = error.meta
             if meta.get("error") == "NotImplementedError":
-                record("not implemented", f"not implemented yet: {meta.get('message')}")
+                message = meta.get("message") or ""
+                if f"{task.module}.{task.name}:" not in message:  # a helper it calls is the one unfinished
+                    message = f"{task.module}.{task.name} needs {message}"
+                record("not implemented", f"not implemented yet: {message}")
                 raise Stop
             where = "".join(f"\n  at {w}" for w in meta.get("where", [])) or f"\n  (its return value is not {task.returns})"
             record("error", f"raised {meta.get('message')}{where}", case)

@@ -197,6 +197,23 @@ GAN += pair("gan", "generator_loss", by_dtype(_gan_loss), ("fake_logits", "kind"
 GAN += [Task("optimal_discriminator", "gan", by_dtype(_densities), Forward("optimal_discriminator", ("p_data", "p_g"),
                                                                           {"d_star": ()}), "an array shaped like p_data")]
 
+
+def _gan_net(dtype):
+    """A small GAN (packing 1 or 2, linear or sigmoid output), its data, noise and upstream gradients."""
+    return S.gan_cases(dtype).map(lambda case: case._asdict())
+
+
+GAN += pair("gan", "generator", by_dtype(_gan_net), ("z", "params", "config"), {"x": (0,)}, "dx",
+            {"dz": (0,), "grads": (1,)}, "(dz, grads)")
+GAN += pair("gan", "discriminator", by_dtype(_gan_net), ("x", "params", "config"), {"logits": (0,)}, "dlogits",
+            {"dx": (0,), "grads": (1,)}, "(dx, grads)")
+GAN += [
+    Task("discriminator_step", "gan", by_dtype(_gan_net), Forward("discriminator_step", ("x", "z", "params", "config"),
+                                                                  {"loss": (0,), "grads": (1,)}), "(loss, grads)"),
+    Task("generator_step", "gan", by_dtype(_gan_net), Forward("generator_step", ("z", "params", "config", "kind"),
+                                                              {"loss": (0,), "grads": (1,)}), "(loss, grads)"),
+]
+
 # ----------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------

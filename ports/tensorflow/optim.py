@@ -32,7 +32,9 @@ class Adam(tf.Module):
             # θ_t = θ_{t−1} − α · m̂_t / (√v̂_t + ε), m̂ = m / (1 − β1ᵗ), v̂ = v / (1 − β2ᵗ)
             m_hat = m / (1.0 - self.beta1**t)
             v_hat = v / (1.0 - self.beta2**t)
-            p.assign_sub(tf.cast(self.lr, p.dtype) * m_hat / (tf.sqrt(v_hat) + self.eps))
+            # a Python float stays a Python float (tf.cast would round it to float32 first)
+            lr = self.lr if isinstance(self.lr, float) else tf.cast(self.lr, p.dtype)
+            p.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + self.eps))
 
     def state_dict(self):
         """The state in scratch/optim.py's layout: "t", "m.<name>", "v.<name>"."""
