@@ -13,7 +13,7 @@ MODELS = ("vae", "gan")
 # Defaults that differ by model; an option left out takes its model's value.
 DEFAULTS = {
     "vae": {"data": "digits", "steps": 3000, "batch_size": 128, "lr": 1e-3, "z_dim": 2},
-    "gan": {"data": "ring", "steps": 20000, "batch_size": 256, "lr": 1e-3, "z_dim": None},
+    "gan": {"data": "ring", "lr": 1e-3},  # steps and batch size: scratch.train.GAN_RUNS, by data set
 }
 
 
@@ -24,12 +24,13 @@ def build_parser(prog, implementation):
     train.add_argument("model", choices=MODELS)
     train.add_argument("--data", help="vae: digits (bundled, default) or mnist:DIR (IDX files you have); "
                        "gan: ring (default), grid or digits")
-    train.add_argument("--steps", type=int, help="training steps (default: vae 3000, gan 20000)")
+    train.add_argument("--steps", type=int, help="training steps (default: vae 3000; gan: ring 20000, grid 27000, "
+                       "digits 6000)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     train.add_argument("--eval-every", type=int, default=500)
-    train.add_argument("--batch-size", type=int, help="default: vae 128, gan 256")
+    train.add_argument("--batch-size", type=int, help="default: vae 128; gan 256 (digits 64)")
     train.add_argument("--lr", type=float, help="learning rate (default 1e-3; the GAN's falls to --lr-end)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     vae = train.add_argument_group("vae")
@@ -38,7 +39,8 @@ def build_parser(prog, implementation):
     vae.add_argument("--hidden", type=int, default=128, help="hidden width; 0 = linear encoder and decoder")
     vae.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
     gan = train.add_argument_group("gan")
-    gan.add_argument("--pack", type=int, default=2, help="samples the discriminator judges at once (PacGAN; 1 = plain GAN)")
+    gan.add_argument("--pack", type=int, help="samples the discriminator judges at once (PacGAN; 1 = plain GAN; "
+                     "default 2 for the mixtures, 1 for digits)")
     gan.add_argument("--disc-steps", type=int, default=1, help="discriminator updates per generator update (k)")
     gan.add_argument("--loss", choices=("non_saturating", "minimax"), default="non_saturating", help="generator loss")
     gan.add_argument("--lr-end", type=float, default=1e-5, help="the learning rate reached at step --decay-steps")
@@ -77,6 +79,14 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
     for name, value in DEFAULTS[args.model].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.model == "gan":
+        from scratch.train import GAN_DATA, GAN_RUNS
+
+        if args.data not in GAN_DATA:
+            raise SystemExit(f"--data must be one of {', '.join(GAN_DATA)} for the GAN, got {args.data!r}")
+        for name, value in GAN_RUNS.get(args.data, {}).items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
     if args.decay_steps is None:
         args.decay_steps = previous_config(args.out).get("decay_steps", args.steps) if args.resume else args.steps
     if args.steps < 1 or args.eval_every < 1 or args.batch_size < 1:
