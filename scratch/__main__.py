@@ -24,7 +24,7 @@ def build_parser(prog, implementation):
     train.add_argument("model", choices=MODELS)
     train.add_argument("--data", help="vae: digits (bundled, default) or mnist:DIR (IDX files you have); "
                        "gan: ring (default), grid or digits")
-    train.add_argument("--steps", type=int, help="training steps (default: vae 3000; gan: ring 20000, grid 27000, "
+    train.add_argument("--steps", type=int, help="training steps (default: vae 3000; gan: ring 20000, grid 23000, "
                        "digits 6000)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION)")

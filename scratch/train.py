@@ -145,7 +145,7 @@ SAMPLES = 2500  # generated points scored on the 2-D mixtures (the VEEGAN/PacGAN
 # grid's 25 modes need more steps than the ring's 8), under a minute for the digits, whose
 # smaller batches give more updates per epoch of its 1,437 images.
 # The mixtures pack pairs of samples (PacGAN2), against mode collapse; the digits do not.
-GAN_RUNS = {"ring": {"steps": 20000, "batch_size": 256, "pack": 2}, "grid": {"steps": 27000, "batch_size": 256, "pack": 2},
+GAN_RUNS = {"ring": {"steps": 20000, "batch_size": 256, "pack": 2}, "grid": {"steps": 23000, "batch_size": 256, "pack": 2},
             "digits": {"steps": 6000, "batch_size": 64, "pack": 1}}
 
 
