@@ -2,7 +2,7 @@
 
 A step is what a training run repeats (Algorithm 1 of Goodfellow et al. with k = 1): a
 discriminator update on a real batch and a noise batch, then a generator update through the
-discriminator, each with Adam. Same model (the ring's: G 2→128→128→128→2, D packs 2 samples,
+discriminator, each with Adam. Same model (the ring's: G 2→128×4→2, D packs 2 samples,
 4→128→128→1), same batch of 256, same weights. Scratch: scratch/gan.py + scratch/optim.py.
 PyTorch: ports/torch/gan.py's Generator and Discriminator modules, `loss.backward()` and
 `torch.optim.Adam`, the loop of ports/torch/train.py. Timed with checks/bench.py's
