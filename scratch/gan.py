@@ -124,18 +124,24 @@ def value_function(real_logits, fake_logits):
     return -discriminator_loss_forward(real_logits, fake_logits)[0]
 
 
-def optimal_discriminator(p_data, p_g):
-    """D*(x) = p_data(x) / (p_data(x) + p_g(x)) (Prop. 1), for densities evaluated at the same x.
-
-    Where both densities are 0 the formula is 0/0 and D* does not matter (no sample lands
-    there); this returns 1/2 there, the value of an undecided discriminator.
-    """
+def check_densities(p_data, p_g):
+    """Two float arrays of one shape and dtype, every value ≥ 0 (densities at the same points)."""
     p_data, p_g = as_float_array("p_data", p_data), as_float_array("p_g", p_g)
     if p_data.shape != p_g.shape:
         raise ValueError(f"p_g must have the shape of p_data {p_data.shape}, got shape {p_g.shape}")
     if np.any(p_data < 0) or np.any(p_g < 0):
         raise ValueError("p_data and p_g are densities: every value must be ≥ 0")
     check_same_dtype(p_data=p_data, p_g=p_g)
+    return p_data, p_g
+
+
+def optimal_discriminator(p_data, p_g):
+    """D*(x) = p_data(x) / (p_data(x) + p_g(x)) (Prop. 1), for densities evaluated at the same x.
+
+    Where both densities are 0 the formula is 0/0 and D* does not matter (no sample lands
+    there); this returns 1/2 there, the value of an undecided discriminator.
+    """
+    p_data, p_g = check_densities(p_data, p_g)
     # BEGIN SOLUTION
     # HINT: maximise p_data log D + p_g log(1 − D) pointwise in D.
     # d/dD [p_data log D + p_g log(1 − D)] = p_data / D − p_g / (1 − D) = 0  ⇒  D* = p_data / (p_data + p_g)
@@ -174,6 +180,22 @@ def check_gan_config(config):
     if config.gen_output not in ("linear", "sigmoid"):
         raise ValueError(f"config.gen_output must be 'linear' or 'sigmoid', got {config.gen_output!r}")
     return config
+
+
+def check_noise(z, config):
+    """G's input: a float array of shape (B, Z)."""
+    z = as_float_array("z", z)
+    if z.ndim != 2 or z.shape[1] != config.z_dim:
+        raise ValueError(f"z must have shape (B, {config.z_dim}), got shape {z.shape}")
+    return z
+
+
+def check_samples(x, config):
+    """D's input: a float array of shape (B, D), B a multiple of the pack."""
+    x = as_float_array("x", x)
+    if x.ndim != 2 or x.shape[1] != config.x_dim or len(x) % config.pack:
+        raise ValueError(f"x must have shape (B, {config.x_dim}) with B a multiple of pack={config.pack}, got shape {x.shape}")
+    return x
 
 
 def _widths(config, net):
@@ -240,9 +262,7 @@ def _mlp_backward(dout, caches, net, hidden_backward, output_backward):
 
 def generator_forward(z, params, config):
     """G(z): ReLU layers, then a linear or sigmoid output. z (B, Z) → samples (B, D)."""
-    z = as_float_array("z", z)
-    if z.ndim != 2 or z.shape[1] != config.z_dim:
-        raise ValueError(f"z must have shape (B, {config.z_dim}), got shape {z.shape}")
+    z = check_noise(z, config)
     # BEGIN SOLUTION
     # HINT: _mlp_forward with ReLU between layers, and sigmoid_forward after the last one for pixels.
     output = sigmoid_forward if config.gen_output == "sigmoid" else None
@@ -267,9 +287,7 @@ def discriminator_forward(x, params, config):
     Packing (PacGAN): rows m·j … m·j + m − 1 are concatenated into one input of width m·D, so D
     judges m samples jointly and can see that a generator puts them all on one mode.
     """
-    x = as_float_array("x", x)
-    if x.ndim != 2 or x.shape[1] != config.x_dim or len(x) % config.pack:
-        raise ValueError(f"x must have shape (B, {config.x_dim}) with B a multiple of pack={config.pack}, got shape {x.shape}")
+    x = check_samples(x, config)
     # BEGIN SOLUTION
     # HINT: consecutive rows become one row: reshape (B, D) to (B / m, m·D).
     packed = x.reshape(len(x) // config.pack, config.pack * config.x_dim)  # (B/m, m·D)

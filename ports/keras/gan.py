@@ -15,8 +15,8 @@ import tensorflow as tf
 from keras import ops
 
 from ports.keras.attention import Cache, _gradients, _watched
-from scratch.gan import (GENERATOR_LOSSES, GANConfig, _check_logits, check_gan_config, init_gan,
-                         parameter_shapes)
+from scratch.gan import (GENERATOR_LOSSES, GANConfig, _check_logits, check_densities, check_gan_config,
+                         check_noise, check_samples, init_gan, parameter_shapes)
 from scratch.validate import as_float_array, check_same_dtype
 
 __all__ = [
@@ -83,12 +83,7 @@ def value_function(real_logits, fake_logits):
 
 def optimal_discriminator(p_data, p_g):
     """D*(x) = p_data(x) / (p_data(x) + p_g(x)); 1/2 where both densities are 0."""
-    p_data, p_g = as_float_array("p_data", p_data), as_float_array("p_g", p_g)
-    if p_data.shape != p_g.shape:
-        raise ValueError(f"p_g must have the shape of p_data {p_data.shape}, got shape {p_g.shape}")
-    if (p_data < 0).any() or (p_g < 0).any():
-        raise ValueError("p_data and p_g are densities: every value must be ≥ 0")
-    check_same_dtype(p_data=p_data, p_g=p_g)
+    p_data, p_g = check_densities(p_data, p_g)
     p_data, p_g = ops.convert_to_tensor(p_data), ops.convert_to_tensor(p_g)
     total = p_data + p_g
     return ops.convert_to_numpy(ops.where(total > 0, ops.divide_no_nan(p_data, total), 0.5))
@@ -136,9 +131,7 @@ def _named_gradients(dout, cache, names):
 
 def generator_forward(z, params, config):
     """G(z): z (B, Z) → samples (B, D)."""
-    z = as_float_array("z", z)
-    if z.ndim != 2 or z.shape[1] != config.z_dim:
-        raise ValueError(f"z must have shape (B, {config.z_dim}), got shape {z.shape}")
+    z = check_noise(z, config)
     gen = _net(params, "gen")
     with tf.GradientTape() as tape:
         inputs = (_watched(tape, z), *(_watched(tape, value) for value in gen.values()))
@@ -153,9 +146,7 @@ def generator_backward(dx, cache):
 
 def discriminator_forward(x, params, config):
     """Logits: x (B, D) → (B / m,), one per pack of m samples."""
-    x = as_float_array("x", x)
-    if x.ndim != 2 or x.shape[1] != config.x_dim or len(x) % config.pack:
-        raise ValueError(f"x must have shape (B, {config.x_dim}) with B a multiple of pack={config.pack}, got shape {x.shape}")
+    x = check_samples(x, config)
     disc = _net(params, "disc")
     with tf.GradientTape() as tape:
         inputs = (_watched(tape, x), *(_watched(tape, value) for value in disc.values()))

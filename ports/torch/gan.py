@@ -10,13 +10,12 @@ Shape letters as in scratch: B batch, D data width, Z noise width, H hidden widt
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ports.torch.attention import Cache, _gradients, _leaf
 from ports.torch.vae import _softplus
-from scratch.gan import (GENERATOR_LOSSES, GANConfig, _check_logits, check_gan_config, init_gan,
-                         parameter_shapes)
+from scratch.gan import (GENERATOR_LOSSES, GANConfig, _check_logits, check_densities, check_gan_config,
+                         check_noise, check_samples, init_gan, parameter_shapes)
 from scratch.validate import as_float_array, check_same_dtype
 
 __all__ = [
@@ -81,12 +80,7 @@ def value_function(real_logits, fake_logits):
 
 def optimal_discriminator(p_data, p_g):
     """D*(x) = p_data(x) / (p_data(x) + p_g(x)); 1/2 where both densities are 0."""
-    p_data, p_g = as_float_array("p_data", p_data), as_float_array("p_g", p_g)
-    if p_data.shape != p_g.shape:
-        raise ValueError(f"p_g must have the shape of p_data {p_data.shape}, got shape {p_g.shape}")
-    if (p_data < 0).any() or (p_g < 0).any():
-        raise ValueError("p_data and p_g are densities: every value must be ≥ 0")
-    check_same_dtype(p_data=p_data, p_g=p_g)
+    p_data, p_g = check_densities(p_data, p_g)
     p_data, p_g = torch.from_numpy(p_data), torch.from_numpy(p_g)
     total = p_data + p_g
     return torch.where(total > 0, p_data / torch.where(total > 0, total, 1.0), 0.5).numpy()
@@ -134,9 +128,7 @@ def _named_gradients(dout, cache, names):
 
 def generator_forward(z, params, config):
     """G(z): z (B, Z) → samples (B, D)."""
-    z = as_float_array("z", z)
-    if z.ndim != 2 or z.shape[1] != config.z_dim:
-        raise ValueError(f"z must have shape (B, {config.z_dim}), got shape {z.shape}")
+    z = check_noise(z, config)
     leaves = _leaves(params, "gen")
     inputs = (_leaf(z), *leaves.values())
     x = _generate(inputs[0], leaves, config)
@@ -150,9 +142,7 @@ def generator_backward(dx, cache):
 
 def discriminator_forward(x, params, config):
     """Logits: x (B, D) → (B / m,), one per pack of m samples."""
-    x = as_float_array("x", x)
-    if x.ndim != 2 or x.shape[1] != config.x_dim or len(x) % config.pack:
-        raise ValueError(f"x must have shape (B, {config.x_dim}) with B a multiple of pack={config.pack}, got shape {x.shape}")
+    x = check_samples(x, config)
     leaves = _leaves(params, "disc")
     inputs = (_leaf(x), *leaves.values())
     logits = _discriminate(inputs[0], leaves, config)
