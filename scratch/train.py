@@ -76,9 +76,9 @@ class VAETrainer:
                 "batch_size": self.batch_size, "lr": self.lr, "optimizer": self.OPTIMIZER}
 
 
-def split_optimizer_state(arrays):
-    """The "optim.*" entries of a checkpoint, with the prefix removed."""
-    return {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
+def split_optimizer_state(arrays, prefix="optim."):
+    """The entries of a checkpoint under `prefix` ("optim.", or "optim.gen." for one GAN player), prefix removed."""
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 class ScratchVAETrainer(VAETrainer):
@@ -252,10 +252,6 @@ class GANTrainer:
                 "dtype": self.dtype.name}
 
 
-def _prefixed(arrays, prefix):
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
 class ScratchGANTrainer(GANTrainer):
     """The NumPy GAN with scratch/optim.py's Adam, one optimizer per player."""
 
@@ -290,8 +286,8 @@ class ScratchGANTrainer(GANTrainer):
 
     def load_state(self, arrays):
         self._build({name: arrays[name] for name in G.parameter_shapes(self.gan_config)})
-        self.gen_optimizer.load_state_dict(_prefixed(arrays, "optim.gen."))
-        self.disc_optimizer.load_state_dict(_prefixed(arrays, "optim.disc."))
+        self.gen_optimizer.load_state_dict(split_optimizer_state(arrays, "optim.gen."))
+        self.disc_optimizer.load_state_dict(split_optimizer_state(arrays, "optim.disc."))
 
 
 def train_gan(args, make_trainer=ScratchGANTrainer, make_bar=None):

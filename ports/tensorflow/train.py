@@ -13,7 +13,7 @@ from ports.tensorflow.optim import Adam
 from ports.tensorflow.vae import from_tf_vae, to_tf_vae
 from scratch import gan as G
 from scratch import vae as V
-from scratch.train import GANTrainer, VAETrainer, _prefixed, split_optimizer_state
+from scratch.train import GANTrainer, VAETrainer, split_optimizer_state
 
 
 class TensorFlowVAETrainer(VAETrainer):
@@ -85,8 +85,8 @@ class TensorFlowGANTrainer(GANTrainer):
 
     def load_state(self, arrays):
         self._build({name: arrays[name] for name in G.parameter_shapes(self.gan_config)})
-        self.gen_optimizer.load_state_dict(_prefixed(arrays, "optim.gen."))
-        self.disc_optimizer.load_state_dict(_prefixed(arrays, "optim.disc."))
+        self.gen_optimizer.load_state_dict(split_optimizer_state(arrays, "optim.gen."))
+        self.disc_optimizer.load_state_dict(split_optimizer_state(arrays, "optim.disc."))
 
 
 TRAINERS = {"vae": TensorFlowVAETrainer, "gan": TensorFlowGANTrainer}
