@@ -127,3 +127,52 @@ def sigmoid_backward(dout, cache):
     # BEGIN SOLUTION
     return dout * y * (1.0 - y)
     # END SOLUTION
+
+
+def embedding_forward(ids, table):
+    """y = table[ids]: each token id picks its row of the (V, D) table. ids: integers of any shape (...)."""
+    table = as_float_array("table", table)
+    check_ndim("table", table, 2, "(V, D)")
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"ids must be an integer array, got dtype {ids.dtype} with shape {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise ValueError(f"ids must lie in [0, V={table.shape[0]}) for table {table.shape}, got values in "
+                         f"[{ids.min()}, {ids.max()}]")
+    # BEGIN SOLUTION
+    y = table[ids]  # (..., D)
+    # END SOLUTION
+    return y, (ids, table.shape)
+
+
+def embedding_backward(dout, cache):
+    """dtable: row v collects the gradient of every position whose id is v (a sum, not an average)."""
+    ids, shape = cache
+    # BEGIN SOLUTION
+    # HINT: one id can occur many times in a batch; plain fancy-index assignment keeps only one of them.
+    # y[p] = table[ids[p]]  ⇒  dtable[v] = Σ_{p: ids[p] = v} dout[p]
+    dtable = np.zeros(shape, dtype=dout.dtype)  # (V, D)
+    np.add.at(dtable, ids.reshape(-1), dout.reshape(-1, shape[1]))  # unbuffered: repeated ids add up
+    # END SOLUTION
+    return dtable
+
+
+def dropout_forward(x, p, rng):
+    """Inverted dropout: zero each entry with probability p and scale the rest by 1/(1 − p).
+
+    The expectation is unchanged, so nothing needs rescaling at test time. `rng` (a
+    np.random.Generator) draws the mask; p = 0 or rng = None is the identity (evaluation).
+    """
+    x = as_float_array("x", x)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p must lie in [0, 1), got {p!r}")
+    if p == 0.0 or rng is None:
+        return x, None
+    keep = (rng.random(x.shape) >= p).astype(x.dtype)  # (...), 1 with probability 1 − p
+    keep *= 1.0 / (1.0 - p)  # the surviving entries are scaled up
+    return x * keep, keep
+
+
+def dropout_backward(dout, cache):
+    """The same mask, applied to the gradient; the identity when the forward was."""
+    return dout if cache is None else dout * cache
