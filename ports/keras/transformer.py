@@ -1,0 +1,381 @@
+"""The Transformer in Keras 3: scratch/transformer.py and scratch/encoder_decoder.py with keras.ops,
+then the translator of the seed's §5.3 built from Keras's own layers and trained by `fit`.
+
+Read the first half beside the two scratch files: the names, the arguments and the NumPy-in/
+NumPy-out interface are the same. The forward is written with backend-neutral `keras.ops`; the
+backward asks the TensorFlow backend's GradientTape for the vector-Jacobian product. Inputs are
+checked by scratch's own helpers, so a bad input raises the same error here as there.
+
+Dropout: the functional forwards take `dropout` and `rng` as scratch does and draw the very same
+masks from `rng` (scratch/layers.py's `dropout_forward`), so with one seed both implementations
+drop the same entries; p = 0 or rng = None is the identity (evaluation), as in scratch.
+
+The second half is the model the Keras way: a `PositionalEmbedding` layer, `TransformerEncoder`
+and `TransformerDecoder` layers made of `keras.layers.MultiHeadAttention`, `LayerNormalization`
+and `Dense`, the `Translator` model whose `train_step` minimises the label-smoothed cross-entropy
+over the non-padding targets, the paper's warm-up schedule as a Keras `LearningRateSchedule`,
+`translate` (greedy decoding), and `to_keras_translator` / `from_keras_translator`.
+
+Shape letters as in scratch: B batch, S source positions, T target positions, V vocabulary,
+D model width, F feed-forward width, H heads, Dh = D / H.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from ports.keras.attention import Cache, _attention, _gradients, _watched, merge_heads, split_heads
+from scratch.attention import causal_mask
+from scratch.decoding import BOS_ID, EOS_ID
+from scratch.encoder_decoder import TransformerConfig, check_tokens, init_transformer, parameter_shapes, source_mask
+from scratch.layers import dropout_forward
+from scratch.optim import transformer_schedule
+from scratch.transformer import (DECODER_LAYER_NAMES, ENCODER_LAYER_NAMES, FF_PARAM_NAMES, _check_layer_params,
+                                 _check_sequence, prefixed)
+from scratch.validate import MHA_PARAM_NAMES, as_float_array, check_multi_head_attention_inputs, check_ndim, \
+    check_same_dtype, check_shape
+
+__all__ = [
+    "positional_encoding", "layer_norm_forward", "layer_norm_backward", "feed_forward_forward", "feed_forward_backward",
+    "encoder_layer_forward", "encoder_layer_backward", "decoder_layer_forward", "decoder_layer_backward",
+    "cross_entropy_forward", "cross_entropy_backward", "TransformerConfig", "parameter_shapes", "init_transformer",
+    "transformer_forward", "transformer_backward", "ENCODER_LAYER_NAMES", "DECODER_LAYER_NAMES",
+    "masked_cross_entropy", "PositionalEmbedding", "TransformerEncoder", "TransformerDecoder", "Translator",
+    "TransformerSchedule", "translate", "to_keras_translator", "from_keras_translator",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The building blocks on tensors: shared by the functions below and by the Keras layers
+# ----------------------------------------------------------------------------------------------
+
+
+def _positional_encoding(t, d_model, dtype):
+    # §3.5, Vaswani et al. 2017: column pair (2i, 2i+1) is a sinusoid of wavelength 2π·10000^(2i/d)
+    pos = ops.cast(ops.arange(t), "float64")[:, None]  # (t, 1)
+    two_i = ops.cast(ops.arange(0, d_model, 2), "float64")  # (⌈d/2⌉,), the even column indices 2i
+    angle = pos / ops.power(10000.0, two_i / d_model)  # (t, ⌈d/2⌉)
+    # interleave: sin into the even columns, cos into the odd ones (an odd d drops its last cos)
+    pe = ops.reshape(ops.stack([ops.sin(angle), ops.cos(angle)], axis=-1), (t, -1))[:, :d_model]  # (t, D)
+    return ops.cast(pe, dtype)
+
+
+def _layer_norm(x, gamma, beta, eps=1e-5):
+    # Ba et al. 2016: LayerNorm(x) = γ ⊙ (x − μ) / √(σ² + ε) + β, statistics over the last axis
+    mu = ops.mean(x, axis=-1, keepdims=True)  # (..., 1)
+    centred = x - mu  # (..., D)
+    var = ops.mean(centred * centred, axis=-1, keepdims=True)  # (..., 1), biased: divides by D
+    return gamma * (centred * (1.0 / ops.sqrt(var + eps))) + beta  # (..., D)
+
+
+def _feed_forward(x, p):
+    # Eq. (2): FFN(x) = max(0, x W1 + b1) W2 + b2
+    return ops.matmul(ops.relu(ops.matmul(x, p["W1"]) + p["b1"]), p["W2"]) + p["b2"]  # (..., D)
+
+
+def _multi_head(x_q, x_kv, p, num_heads, mask):
+    """MultiHead(x_q, x_kv) as ports/keras/attention.py computes it; mask a bool tensor (B, Tq, Tk) or None."""
+    q = split_heads(ops.matmul(x_q, p["W_q"]) + p["b_q"], num_heads)  # (B, H, Tq, Dh)
+    k = split_heads(ops.matmul(x_kv, p["W_k"]) + p["b_k"], num_heads)  # (B, H, Tk, Dh)
+    v = split_heads(ops.matmul(x_kv, p["W_v"]) + p["b_v"], num_heads)  # (B, H, Tk, Dh)
+    heads = merge_heads(_attention(q, k, v, None if mask is None else mask[..., None, :, :]))  # (B, Tq, D)
+    return ops.matmul(heads, p["W_o"]) + p["b_o"]  # (B, Tq, D)
+
+
+def _dropout(x, p, rng):
+    """Inverted dropout with the mask scratch draws from `rng` (the same entries dropped, scaled alike)."""
+    _, keep = dropout_forward(np.ones(tuple(x.shape), keras.backend.standardize_dtype(x.dtype)), p, rng)
+    return x if keep is None else x * ops.convert_to_tensor(keep)
+
+
+def _sublayer(x, f, gamma, beta, norm_first, dropout, rng):
+    """Post-norm LN(x + Dropout(f(x))) or pre-norm x + Dropout(f(LN(x)))."""
+    if norm_first:
+        return x + _dropout(f(_layer_norm(x, gamma, beta)), dropout, rng)  # (B, T, D)
+    return _layer_norm(x + _dropout(f(x), dropout, rng), gamma, beta)  # (B, T, D)
+
+
+def _encoder_layer(x, p, num_heads, mask, norm_first, dropout, rng):
+    attn, ff = prefixed(p, "attn."), prefixed(p, "ff.")
+    h = _sublayer(x, lambda a: _multi_head(a, a, attn, num_heads, mask), p["ln1.gamma"], p["ln1.beta"],
+                  norm_first, dropout, rng)  # (B, S, D)
+    return _sublayer(h, lambda a: _feed_forward(a, ff), p["ln2.gamma"], p["ln2.beta"], norm_first, dropout, rng)
+
+
+def _decoder_layer(y, memory, p, num_heads, self_mask, memory_mask, norm_first, dropout, rng):
+    self_attn, cross_attn, ff = prefixed(p, "self_attn."), prefixed(p, "cross_attn."), prefixed(p, "ff.")
+    h1 = _sublayer(y, lambda a: _multi_head(a, a, self_attn, num_heads, self_mask), p["ln1.gamma"], p["ln1.beta"],
+                   norm_first, dropout, rng)  # (B, T, D)
+    # queries from the decoder, keys and values from the encoder
+    h2 = _sublayer(h1, lambda a: _multi_head(a, memory, cross_attn, num_heads, memory_mask), p["ln2.gamma"],
+                   p["ln2.beta"], norm_first, dropout, rng)  # (B, T, D)
+    return _sublayer(h2, lambda a: _feed_forward(a, ff), p["ln3.gamma"], p["ln3.beta"], norm_first, dropout, rng)
+
+
+def _cross_entropy(logits, targets, label_smoothing, ignore_index):
+    """Label-smoothed cross-entropy, mean over the counted targets: logits (..., V), targets (...) ints."""
+    eps = float(label_smoothing)
+    counted = ops.ones_like(targets, "bool") if ignore_index is None else ops.not_equal(targets, ignore_index)  # (...)
+    t = ops.where(counted, targets, ops.zeros_like(targets))  # (...), ignored positions point at any valid class
+    log_probs = ops.log_softmax(logits, axis=-1)  # (..., V)
+    # −Σ_v q_v log p_v = (1 − ε)(−log p_t) + ε · mean_v(−log p_v),  q = (1 − ε)·one-hot + ε/V
+    log_p_target = ops.take_along_axis(log_probs, ops.expand_dims(t, -1), axis=-1)[..., 0]  # (...)
+    per_position = -(1.0 - eps) * log_p_target - eps * ops.mean(log_probs, axis=-1)  # (...)
+    weight = ops.cast(counted, logits.dtype)  # (...), 1 where counted
+    # a mean over the counted positions; with none counted 0, not 0/0
+    return ops.sum(per_position * weight) / ops.maximum(ops.sum(weight), 1.0)
+
+
+def _named(dout, cache):
+    """Gradients of a (Cache, names) pair: the leading inputs' gradients, then a dict keyed by names."""
+    cache, names = cache
+    grads = _gradients(dout, cache)
+    lead = len(grads) - len(names)
+    return grads[:lead], dict(zip(names, grads[lead:]))
+
+
+def _watched_params(tape, params, names):
+    return {name: _watched(tape, np.asarray(params[name])) for name in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# Positional encoding, layer normalisation and the feed-forward block
+# ----------------------------------------------------------------------------------------------
+
+
+def positional_encoding(t, d_model, dtype=np.float64):
+    """(t, d_model) sinusoids: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same)."""
+    for name, value in (("t", t), ("d_model", d_model)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return ops.convert_to_numpy(_positional_encoding(int(t), int(d_model), "float64")).astype(dtype)
+
+
+def layer_norm_forward(x, gamma, beta, eps=1e-5):
+    """LayerNorm(x) = γ ⊙ (x − μ) / √(σ² + ε) + β over the last axis (biased σ², as PyTorch)."""
+    x, gamma, beta = as_float_array("x", x), as_float_array("gamma", gamma), as_float_array("beta", beta)
+    check_ndim("x", x, 1, "(..., D)")
+    check_shape("gamma", gamma, x.shape[-1:])
+    check_shape("beta", beta, x.shape[-1:])
+    check_same_dtype(x=x, gamma=gamma, beta=beta)
+    with tf.GradientTape() as tape:
+        inputs = tuple(_watched(tape, a) for a in (x, gamma, beta))
+        y = _layer_norm(*inputs, eps)
+    return ops.convert_to_numpy(y), Cache(tape, inputs, y)
+
+
+def layer_norm_backward(dout, cache):
+    """Return (dx, dgamma, dbeta)."""
+    dx, dgamma, dbeta = _gradients(dout, cache)
+    return dx, dgamma, dbeta
+
+
+def _check_linear(x, W, b):
+    """scratch/layers.py's linear_forward checks: x (..., I), W (I, O), b (O,), one dtype."""
+    W, b = as_float_array("W", W), as_float_array("b", b)
+    check_ndim("W", W, 2, "(I, O)")
+    check_ndim("x", x, 1, "(..., I)")
+    if W.ndim != 2 or x.shape[-1] != W.shape[0]:
+        raise ValueError(f"W must have shape ({x.shape[-1]}, O) to match x {x.shape}, got shape {W.shape}")
+    check_shape("b", b, (W.shape[1],))
+    check_same_dtype(x=x, W=W, b=b)
+    return np.empty(x.shape[:-1] + (W.shape[1],), x.dtype)  # what the map returns, for the next check
+
+
+def feed_forward_forward(x, params):
+    """FFN(x) = max(0, x W1 + b1) W2 + b2, Eq. (2): the same two linear maps at every position."""
+    x = as_float_array("x", x)
+    _check_linear(_check_linear(x, params["W1"], params["b1"]), params["W2"], params["b2"])
+    with tf.GradientTape() as tape:
+        xt, p = _watched(tape, x), _watched_params(tape, params, FF_PARAM_NAMES)
+        y = _feed_forward(xt, p)  # (..., D)
+    return ops.convert_to_numpy(y), (Cache(tape, (xt, *p.values()), y), FF_PARAM_NAMES)
+
+
+def feed_forward_backward(dout, cache):
+    """Return (dx, grads) with grads keyed W1 b1 W2 b2."""
+    (dx,), grads = _named(dout, cache)
+    return dx, grads
+
+
+# ----------------------------------------------------------------------------------------------
+# The encoder and decoder layers
+# ----------------------------------------------------------------------------------------------
+
+
+def _bool_mask(mask):
+    return None if mask is None else ops.convert_to_tensor(np.asarray(mask))
+
+
+def encoder_layer_forward(x, params, num_heads, mask=None, norm_first=False, dropout=0.0, rng=None):
+    """One encoder layer, §3.1: self-attention, then the feed-forward block, each residual and normalised.
+
+    x (B, S, D); `mask` broadcastable to (B, S, S), True where a position may attend (padding: False).
+    """
+    x = _check_sequence("x", x)
+    _check_layer_params(params, ENCODER_LAYER_NAMES, x.shape[2])
+    check_same_dtype(x=x, **{k.replace(".", "_"): params[k] for k in ENCODER_LAYER_NAMES})
+    _, _, _, mask = check_multi_head_attention_inputs(x, x, prefixed(params, "attn."), num_heads, mask)
+    with tf.GradientTape() as tape:
+        xt, p = _watched(tape, x), _watched_params(tape, params, ENCODER_LAYER_NAMES)
+        y = _encoder_layer(xt, p, num_heads, _bool_mask(mask), norm_first, dropout, rng)  # (B, S, D)
+    return ops.convert_to_numpy(y), (Cache(tape, (xt, *p.values()), y), ENCODER_LAYER_NAMES)
+
+
+def encoder_layer_backward(dout, cache):
+    """Return (dx, grads) with grads keyed like the layer's params."""
+    (dx,), grads = _named(dout, cache)
+    return dx, grads
+
+
+def decoder_layer_forward(y, memory, params, num_heads, self_mask=None, memory_mask=None, norm_first=False,
+                          dropout=0.0, rng=None):
+    """One decoder layer, §3.1: masked self-attention, attention over the encoder's output, feed-forward.
+
+    y (B, T, D) the target so far, memory (B, S, D) the encoder's output; `self_mask` broadcastable
+    to (B, T, T) (causal: position i sees j ≤ i), `memory_mask` to (B, T, S) (source padding).
+    """
+    y = _check_sequence("y", y)
+    memory = _check_sequence("memory", memory, y.shape[2])
+    if memory.shape[0] != y.shape[0]:
+        raise ValueError(f"memory must have shape (B={y.shape[0]}, S, D) to match y {y.shape}, got shape {memory.shape}")
+    _check_layer_params(params, DECODER_LAYER_NAMES, y.shape[2])
+    check_same_dtype(y=y, memory=memory, **{k.replace(".", "_"): params[k] for k in DECODER_LAYER_NAMES})
+    _, _, _, self_mask = check_multi_head_attention_inputs(y, y, prefixed(params, "self_attn."), num_heads, self_mask)
+    _, _, _, memory_mask = check_multi_head_attention_inputs(y, memory, prefixed(params, "cross_attn."), num_heads,
+                                                             memory_mask)
+    with tf.GradientTape() as tape:
+        yt, mt, p = _watched(tape, y), _watched(tape, memory), _watched_params(tape, params, DECODER_LAYER_NAMES)
+        out = _decoder_layer(yt, mt, p, num_heads, _bool_mask(self_mask), _bool_mask(memory_mask), norm_first,
+                             dropout, rng)  # (B, T, D)
+    return ops.convert_to_numpy(out), (Cache(tape, (yt, mt, *p.values()), out), DECODER_LAYER_NAMES)
+
+
+def decoder_layer_backward(dout, cache):
+    """Return (dy, dmemory, grads) with grads keyed like the layer's params."""
+    (dy, dmemory), grads = _named(dout, cache)
+    return dy, dmemory, grads
+
+
+# ----------------------------------------------------------------------------------------------
+# Label-smoothed cross-entropy
+# ----------------------------------------------------------------------------------------------
+
+
+def check_cross_entropy_inputs(logits, targets, label_smoothing, ignore_index):
+    """scratch's checks, in scratch's order and words: logits (..., V), integer targets (...) in [0, V)."""
+    logits = as_float_array("logits", logits)
+    check_ndim("logits", logits, 1, "(..., V)")
+    targets = np.asarray(targets)
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"targets must be an integer array, got dtype {targets.dtype} with shape {targets.shape}")
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets must have shape {logits.shape[:-1]} to match logits {logits.shape}, "
+                         f"got shape {targets.shape}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
+    v = logits.shape[-1]
+    counted = np.ones(targets.shape, bool) if ignore_index is None else targets != ignore_index
+    bad = targets[counted & ((targets < 0) | (targets >= v))]
+    if bad.size:
+        raise ValueError(f"targets must lie in [0, V={v}) (or equal ignore_index={ignore_index}), got {np.unique(bad).tolist()}")
+    return logits, targets
+
+
+def cross_entropy_forward(logits, targets, label_smoothing=0.0, ignore_index=None):
+    """Mean over the counted targets of −Σ_v q_v log p_v, q = (1 − ε)·one-hot(target) + ε/V.
+
+    logits (..., V), targets integers (...); a target equal to `ignore_index` counts for nothing;
+    with nothing counted the loss is 0 and so is its gradient.
+    """
+    logits, targets = check_cross_entropy_inputs(logits, targets, label_smoothing, ignore_index)
+    with tf.GradientTape() as tape:
+        z = _watched(tape, logits)
+        loss = _cross_entropy(z, ops.convert_to_tensor(targets.astype(np.int64)), label_smoothing, ignore_index)
+    return ops.convert_to_numpy(loss)[()], Cache(tape, (z,), loss)
+
+
+def cross_entropy_backward(dout, cache):
+    """Return dlogits (..., V)."""
+    (dlogits,) = _gradients(dout, cache)
+    return dlogits
+
+
+# ----------------------------------------------------------------------------------------------
+# The encoder-decoder model as a function of a scratch parameter dict
+# ----------------------------------------------------------------------------------------------
+
+
+def _embed(ids, table, dropout, rng):
+    # §3.4, §3.5: x = E[ids] · √D + PE, then dropout
+    d = table.shape[1]
+    pe = _positional_encoding(ids.shape[1], d, table.dtype)  # (T, D)
+    return _dropout(ops.take(table, ids, axis=0) * math.sqrt(d) + pe, dropout, rng)  # (B, T, D)
+
+
+def _encode(src, p, config, rng):
+    dropout = config.dropout if rng is not None else 0.0
+    mask = ops.convert_to_tensor(source_mask(src, config.pad_id))  # (B, 1, S)
+    x = _embed(ops.convert_to_tensor(src.astype(np.int64)), p["src_embed"], dropout, rng)  # (B, S, D)
+    for i in range(config.num_layers):
+        x = _encoder_layer(x, prefixed(p, f"enc.{i}."), config.num_heads, mask, config.norm_first, dropout, rng)
+    if config.norm_first:  # pre-norm leaves the stack's output unnormalised: one more LN
+        x = _layer_norm(x, p["enc.ln.gamma"], p["enc.ln.beta"])
+    return x  # (B, S, D)
+
+
+def _decode(tgt_in, memory, src, p, config, rng):
+    dropout = config.dropout if rng is not None else 0.0
+    self_mask = ops.convert_to_tensor(causal_mask(tgt_in.shape[1]))  # (T, T)
+    memory_mask = ops.convert_to_tensor(source_mask(src, config.pad_id))  # (B, 1, S)
+    y = _embed(ops.convert_to_tensor(tgt_in.astype(np.int64)), p["tgt_embed"], dropout, rng)  # (B, T, D)
+    for i in range(config.num_layers):
+        y = _decoder_layer(y, memory, prefixed(p, f"dec.{i}."), config.num_heads, self_mask, memory_mask,
+                           config.norm_first, dropout, rng)  # (B, T, D)
+    if config.norm_first:
+        y = _layer_norm(y, p["dec.ln.gamma"], p["dec.ln.beta"])
+    w_out = ops.transpose(p["tgt_embed"]) if config.tie_output else p["out.W"]  # (D, V), §3.4 weight tying
+    return ops.matmul(y, w_out) + p["out.b"]  # (B, T, V)
+
+
+def _check_params(params, config):
+    """Every name of parameter_shapes(config), floating, of its shape, all of one dtype.
+
+    (scratch meets the same parameters layer by layer as its forward reaches them; here they are
+    checked up front, so that nothing is computed from a malformed dict.)
+    """
+    expected = parameter_shapes(config)
+    missing = [name for name in expected if name not in params]
+    if missing:
+        raise ValueError(f"params is missing {missing}")
+    for name, shape in expected.items():
+        check_shape(f"params[{name!r}]", as_float_array(f"params[{name!r}]", params[name]), shape)
+    check_same_dtype(**{name.replace(".", "_"): np.asarray(params[name]) for name in expected})
+
+
+def transformer_forward(src, tgt_in, params, config, rng=None):
+    """logits (B, T, V_tgt) for source ids (B, S) and target ids (B, T) shifted right (BOS first).
+
+    `rng`, a np.random.Generator, turns dropout on (scratch's masks); None turns it off.
+    """
+    src = check_tokens("src", src, config, config.src_vocab)
+    tgt_in = check_tokens("tgt_in", tgt_in, config, config.tgt_vocab)
+    if src.shape[0] != tgt_in.shape[0]:
+        raise ValueError(f"src {src.shape} and tgt_in {tgt_in.shape} must share the batch axis B")
+    _check_params(params, config)
+    names = tuple(params)
+    with tf.GradientTape() as tape:
+        p = _watched_params(tape, params, names)
+        memory = _encode(src, p, config, rng)  # (B, S, D)
+        logits = _decode(tgt_in, memory, src, p, config, rng)  # (B, T, V)
+    return ops.convert_to_numpy(logits), (Cache(tape, tuple(p.values()), logits), names)
+
+
+def transformer_backward(dlogits, cache):
+    """grads keyed like params, from dlogits (B, T, V_tgt)."""
+    # an embedding's gradient arrives as tf.IndexedSlices (the rows looked up); _gradients densifies it
+    _, grads = _named(dlogits, cache)
+    return grads
