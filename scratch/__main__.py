@@ -1,19 +1,24 @@
 """python -m scratch train MODEL [--data D] [--steps N] [--seed S] [--out DIR] [--resume]
+python -m scratch translate "ninety-seven" [--checkpoint runs/transformer-scratch/checkpoint.npz]
 
 Trains a NumPy model and writes DIR/metrics.json and DIR/checkpoint.npz (scratch/runs.py).
 The ports have the same command line: python -m ports.torch train vae, and so on.
+`translate` turns English number words (or an integer, written out by num2words) into French
+with a trained Transformer checkpoint from any implementation.
 """
 
 import argparse
 import json
 import sys
 
-MODELS = ("vae", "gan")
+MODELS = ("vae", "gan", "transformer")
 
 # Defaults that differ by model; an option left out takes its model's value.
 DEFAULTS = {
     "vae": {"data": "digits", "steps": 3000, "batch_size": 128, "lr": 1e-3, "z_dim": 2},
     "gan": {"data": "ring", "lr": 1e-3},  # steps and batch size: scratch.train.GAN_RUNS, by data set
+    # --lr scales the paper's warm-up schedule (scratch/translation.py)
+    "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 2.0},
 }
 
 
@@ -23,15 +28,16 @@ def build_parser(prog, implementation):
     train = commands.add_parser("train", help="train a model and write metrics.json and checkpoint.npz")
     train.add_argument("model", choices=MODELS)
     train.add_argument("--data", help="vae: digits (bundled, default) or mnist:DIR (IDX files you have); "
-                       "gan: ring (default), grid or digits")
+                       "gan: ring (default), grid or digits; transformer: numbers (number words, English → French)")
     train.add_argument("--steps", type=int, help="training steps (default: vae 3000; gan: ring 20000, grid 23000, "
-                       "digits 6000)")
+                       "digits 6000; transformer 6000)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     train.add_argument("--eval-every", type=int, default=500)
-    train.add_argument("--batch-size", type=int, help="default: vae 128; gan 256 (digits 64)")
-    train.add_argument("--lr", type=float, help="learning rate (default 1e-3; the GAN's falls to --lr-end)")
+    train.add_argument("--batch-size", type=int, help="default: vae 128; gan 256 (digits 64); transformer 64")
+    train.add_argument("--lr", type=float, help="learning rate (default 1e-3; the GAN's falls to --lr-end); for the "
+                       "transformer, the factor on the paper's warm-up schedule (default 2.0)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     vae = train.add_argument_group("vae")
     vae.add_argument("--z-dim", type=int, help="latent (vae, default 2, to plot it) or noise width (gan: 2 for "
@@ -46,7 +52,22 @@ def build_parser(prog, implementation):
     gan.add_argument("--lr-end", type=float, default=1e-5, help="the learning rate reached at step --decay-steps")
     gan.add_argument("--decay-steps", type=int, help="the rate falls geometrically from --lr to --lr-end over "
                      "this many steps, then stays (default: --steps)")
-    gan.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    gan.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="gan and transformer")
+    tr = train.add_argument_group("transformer")
+    tr.add_argument("--d-model", type=int, default=64, help="model width D")
+    tr.add_argument("--heads", type=int, default=4)
+    tr.add_argument("--d-ff", type=int, default=256, help="feed-forward width")
+    tr.add_argument("--layers", type=int, default=2, help="encoder layers, and as many decoder layers")
+    tr.add_argument("--max-len", type=int, default=32, help="longest sequence the model takes, special tokens included")
+    tr.add_argument("--warmup", type=int, default=400, help="warm-up steps of the learning-rate schedule")
+    tr.add_argument("--label-smoothing", type=float, default=0.1)
+    tr.add_argument("--dropout", type=float, default=0.0)
+    tr.add_argument("--norm-first", action="store_true", help="pre-norm layers (default: post-norm, as the paper)")
+    tr.add_argument("--tie-output", action="store_true", help="the output projection is the target embedding")
+    translate = commands.add_parser("translate", help="English number words → French, with a trained transformer")
+    translate.add_argument("sentence", nargs="+", help="English number words, or an integer (written out for you)")
+    translate.add_argument("--checkpoint", default="runs/transformer-scratch/checkpoint.npz")
+    translate.add_argument("--beam", type=int, default=1, help="beam width (1: greedy)")
     return parser
 
 
@@ -72,8 +93,33 @@ def progress_bar():
     return lambda total, initial: tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
+def run_translate(args):
+    """Print the French of the sentence given, and the reference when it was an integer."""
+    import os
+
+    from scratch.text import number_words
+    from scratch.translation import load_translator, translate
+
+    if not os.path.exists(args.checkpoint):
+        raise SystemExit(f"no checkpoint at {args.checkpoint}: train one with `python -m scratch train transformer`")
+    sentence = " ".join(args.sentence)
+    reference = None
+    if sentence.strip().isdigit():
+        sentence, reference = number_words(int(sentence))
+    try:
+        french = translate(load_translator(args.checkpoint), [sentence], beam_width=args.beam)[0]
+    except ValueError as error:
+        raise SystemExit(f"cannot translate {sentence!r}: {error}")
+    print(f"{sentence} → {french}")
+    if reference is not None:
+        print(f"reference: {reference} ({'exact' if french == reference else 'different'})")
+    return 0
+
+
 def main(argv=None, prog="python -m scratch", implementation="scratch", trainers=None):
     args = build_parser(prog, implementation).parse_args(argv)
+    if args.command == "translate":
+        return run_translate(args)
     if args.out is None:
         args.out = f"runs/{args.model}-{implementation}"
     for name, value in DEFAULTS[args.model].items():
@@ -87,13 +133,18 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
         for name, value in GAN_RUNS.get(args.data, {}).items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
+    if args.model == "transformer" and args.data != "numbers":
+        raise SystemExit(f"--data must be numbers for the transformer, got {args.data!r}")
     if args.decay_steps is None:
         args.decay_steps = previous_config(args.out).get("decay_steps", args.steps) if args.resume else args.steps
     if args.steps < 1 or args.eval_every < 1 or args.batch_size < 1:
         raise SystemExit("--steps, --eval-every and --batch-size must be positive")
     from scratch import train
 
-    defaults = {"vae": (train.ScratchVAETrainer, train.train_vae), "gan": (train.ScratchGANTrainer, train.train_gan)}
+    from scratch import translation
+
+    defaults = {"vae": (train.ScratchVAETrainer, train.train_vae), "gan": (train.ScratchGANTrainer, train.train_gan),
+                "transformer": (translation.ScratchTransformerTrainer, translation.train_transformer)}
     make_trainer, run = defaults[args.model]
     make_trainer = (trainers or {}).get(args.model, make_trainer)
     metrics = run(args, make_trainer, make_bar=None if args.quiet else progress_bar())

@@ -27,7 +27,9 @@ def linear_forward(x, W, b):
     check_shape("b", b, (W.shape[1],))
     check_same_dtype(x=x, W=W, b=b)
     # BEGIN SOLUTION
-    y = x @ W + b  # (..., O)
+    # one (N, I) @ (I, O) product over every row: NumPy would otherwise multiply the (T, I) slices one by one
+    y = (x.reshape(-1, x.shape[-1]) @ W).reshape(x.shape[:-1] + (W.shape[1],))  # (..., O)
+    y += b
     # END SOLUTION
     return y, LinearCache(x, W)
 
@@ -38,7 +40,7 @@ def linear_backward(dout, cache):
     # BEGIN SOLUTION
     # HINT: flatten the leading axes of x and dout to rows; dW sums one outer product per row.
     # ∂y/∂x = Wᵀ  ⇒  dx = dout Wᵀ
-    dx = dout @ W.T  # (..., I)
+    dx = (dout.reshape(-1, dout.shape[-1]) @ W.T).reshape(x.shape)  # (..., I)
     # ∂y_o/∂W_io = x_i, summed over every row of the batch  ⇒  dW = xᵀ dout
     dW = x.reshape(-1, x.shape[-1]).T @ dout.reshape(-1, dout.shape[-1])  # (I, O)
     # b is added to every row  ⇒  db = Σ_rows dout
