@@ -379,3 +379,334 @@ def transformer_backward(dlogits, cache):
     # an embedding's gradient arrives as tf.IndexedSlices (the rows looked up); _gradients densifies it
     _, grads = _named(dlogits, cache)
     return grads
+
+
+# ----------------------------------------------------------------------------------------------
+# The translator the Keras way (the seed's §5.3): Keras layers, a train_step, fit
+# ----------------------------------------------------------------------------------------------
+# Masks. `PositionalEmbedding.compute_mask` attaches the padding mask (B, T) to the embedded
+# tensor, Keras-style, and Keras hands it to each layer's `mask` argument. But
+# `keras.layers.MultiHeadAttention` also reads the mask attached to its *query* and blocks every
+# key for a padded query position; Keras answers a row with no key by the mean of V (it blocks a
+# score by replacing it with −0.7 × the largest float, so a fully blocked row is uniform), where
+# scratch masks only keys (the source padding) and the causal future, and computes the padded
+# positions like any other. So each layer below drops the mask attached to its inputs and passes
+# MultiHeadAttention the key mask itself: every row then has a key, a blocked score is −2.4e38,
+# whose exponential is exactly 0 in float32 and float64 alike, and the weights are scratch's.
+# Only a source made entirely of padding leaves its cross-attention rows with no key: scratch
+# gives 0 there, Keras the mean of V (checks/test_transformer_keras.py shows the difference).
+
+
+def masked_cross_entropy(targets, logits, label_smoothing=0.0, pad_id=0):
+    """The Translator's loss on tensors, Keras's (y_true, y_pred) order: scratch's cross_entropy with
+    ignore_index=pad_id. (keras.losses.SparseCategoricalCrossentropy has no label smoothing.)"""
+    return _cross_entropy(logits, targets, label_smoothing, pad_id)
+
+
+def _without_keras_mask(x):
+    """The same values as a new tensor, with no Keras mask attached (see the note above)."""
+    return ops.copy(x)
+
+
+def _residual(x, sublayer, norm, dropout, norm_first, training):
+    """Post-norm LN(x + Dropout(f(x))) or pre-norm x + Dropout(f(LN(x))), with Keras layers."""
+    if norm_first:
+        return x + dropout(sublayer(norm(x)), training=training)  # (B, T, D)
+    return norm(x + dropout(sublayer(x), training=training))  # (B, T, D)
+
+
+class PositionalEmbedding(keras.layers.Layer):
+    """x = E[ids] · √D + PE (§3.4, §3.5): token ids (B, T) → (B, T, D), and the padding mask (B, T).
+
+    The table starts N(0, 1/D), as scratch's init_transformer, so that E · √D has unit variance.
+    The sinusoids are computed for the length at hand, so no max_len is built in.
+    """
+
+    def __init__(self, vocab_size, d_model, pad_id=0, **kwargs):
+        super().__init__(**kwargs)
+        self.d_model, self.pad_id = d_model, pad_id
+        self.embedding = keras.layers.Embedding(vocab_size, d_model, dtype=self.dtype_policy, name="embedding",
+                                                embeddings_initializer=keras.initializers.RandomNormal(stddev=d_model**-0.5))
+
+    def build(self, input_shape=None):
+        self.embedding.build((None, None))
+
+    def call(self, ids):
+        pe = _positional_encoding(ops.shape(ids)[1], self.d_model, self.compute_dtype)  # (T, D)
+        return self.embedding(ids) * math.sqrt(self.d_model) + pe  # (B, T, D)
+
+    def compute_mask(self, ids, mask=None):
+        return ops.not_equal(ids, self.pad_id)  # (B, T), True at real tokens
+
+
+class TransformerEncoder(keras.layers.Layer):
+    """One encoder layer (§3.1) of Keras layers: MultiHeadAttention, then Dense(F, relu) → Dense(D), each
+    a residual sub-layer with LayerNormalization(epsilon=1e-5); post-norm, or pre-norm with norm_first.
+
+    call(x (B, S, D), mask (B, S) True at real tokens) → (B, S, D), carrying the mask on.
+    """
+
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0, norm_first=False, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.d_model, self.d_ff, self.norm_first = d_model, d_ff, norm_first
+        dtype = self.dtype_policy
+        self.attention = keras.layers.MultiHeadAttention(num_heads, d_model // num_heads, dtype=dtype, name="attention")
+        self.norms = [keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype, name=f"ln{i}") for i in (1, 2)]
+        self.ff1 = keras.layers.Dense(d_ff, activation="relu", dtype=dtype, name="ff1")
+        self.ff2 = keras.layers.Dense(d_model, dtype=dtype, name="ff2")
+        self.dropout = keras.layers.Dropout(dropout, seed=seed, dtype=dtype)  # §5.4: on every sub-layer's output
+
+    def build(self, input_shape):
+        shape = (None, None, self.d_model)
+        self.attention.build(shape, shape)
+        for layer in (*self.norms, self.ff1):
+            layer.build(shape)
+        self.ff2.build((None, None, self.d_ff))
+
+    def call(self, x, mask=None, training=None):
+        x = _without_keras_mask(x)
+        keys = None if mask is None else ops.expand_dims(mask, 1)  # (B, 1, S): every query sees the real keys
+        attend = lambda a: self.attention(a, a, attention_mask=keys, training=training)  # noqa: E731
+        h = _residual(x, attend, self.norms[0], self.dropout, self.norm_first, training)  # (B, S, D)
+        ff = lambda a: self.ff2(self.ff1(a))  # noqa: E731
+        return _residual(h, ff, self.norms[1], self.dropout, self.norm_first, training)  # (B, S, D)
+
+
+class TransformerDecoder(keras.layers.Layer):
+    """One decoder layer (§3.1): causal self-attention, attention over the encoder's output, feed-forward.
+
+    call(y (B, T, D), memory (B, S, D), memory_mask (B, S) True at real source tokens) → (B, T, D).
+    The target's own padding is not masked (scratch does not either): the causal mask already keeps
+    every real position from seeing the padding after it.
+    """
+
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0, norm_first=False, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.d_model, self.d_ff, self.norm_first = d_model, d_ff, norm_first
+        dtype = self.dtype_policy
+        mha = lambda name: keras.layers.MultiHeadAttention(num_heads, d_model // num_heads, dtype=dtype, name=name)  # noqa: E731
+        self.self_attention, self.cross_attention = mha("self_attention"), mha("cross_attention")
+        self.norms = [keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype, name=f"ln{i}") for i in (1, 2, 3)]
+        self.ff1 = keras.layers.Dense(d_ff, activation="relu", dtype=dtype, name="ff1")
+        self.ff2 = keras.layers.Dense(d_model, dtype=dtype, name="ff2")
+        self.dropout = keras.layers.Dropout(dropout, seed=seed, dtype=dtype)
+
+    def build(self, y_shape, memory_shape=None):
+        shape = (None, None, self.d_model)
+        self.self_attention.build(shape, shape)
+        self.cross_attention.build(shape, shape)
+        for layer in (*self.norms, self.ff1):
+            layer.build(shape)
+        self.ff2.build((None, None, self.d_ff))
+
+    def call(self, y, memory, memory_mask=None, training=None):
+        y, memory = _without_keras_mask(y), _without_keras_mask(memory)
+        keys = None if memory_mask is None else ops.expand_dims(memory_mask, 1)  # (B, 1, S)
+        # position i attends to j ≤ i: Keras builds the (T, T) lower-triangular mask itself
+        attend_past = lambda a: self.self_attention(a, a, use_causal_mask=True, training=training)  # noqa: E731
+        # queries from the decoder, keys and values from the encoder
+        attend_source = lambda a: self.cross_attention(a, memory, attention_mask=keys, training=training)  # noqa: E731
+        ff = lambda a: self.ff2(self.ff1(a))  # noqa: E731
+        h = _residual(y, attend_past, self.norms[0], self.dropout, self.norm_first, training)  # (B, T, D)
+        h = _residual(h, attend_source, self.norms[1], self.dropout, self.norm_first, training)  # (B, T, D)
+        return _residual(h, ff, self.norms[2], self.dropout, self.norm_first, training)  # (B, T, D)
+
+
+class Translator(keras.Model):
+    """The encoder-decoder of scratch/encoder_decoder.py from the layers above: `model((src, tgt_in))`
+    maps source ids (B, S) and target ids shifted right (B, T) to logits (B, T, V_tgt).
+
+    `compile(optimizer, label_smoothing=ε)`, then `fit(x=(src, tgt_in), y=tgt_out)` on padded id
+    arrays: `train_step` minimises scratch's cross-entropy with smoothing ε and ignore_index =
+    config.pad_id, and reports `loss` and `accuracy` (the share of non-padding targets predicted).
+    Pre-norm ends each stack with one more LayerNormalization; with `config.tie_output` the output
+    projection is the target embedding transposed, plus a bias of its own.
+    """
+
+    def __init__(self, config, dtype="float32", seed=None, **kwargs):
+        super().__init__(dtype=dtype, **kwargs)
+        self.config = config
+        seed_of = lambda i: None if seed is None else seed + i  # noqa: E731, each Dropout draws its own masks
+        layer = dict(d_model=config.d_model, num_heads=config.num_heads, d_ff=config.d_ff, dropout=config.dropout,
+                     norm_first=config.norm_first, dtype=dtype)
+        self.src_embed = PositionalEmbedding(config.src_vocab, config.d_model, config.pad_id, dtype=dtype, name="src_embed")
+        self.tgt_embed = PositionalEmbedding(config.tgt_vocab, config.d_model, config.pad_id, dtype=dtype, name="tgt_embed")
+        self.embed_dropout = keras.layers.Dropout(config.dropout, seed=seed_of(0), dtype=dtype)
+        n = config.num_layers
+        self.encoder_layers = [TransformerEncoder(**layer, seed=seed_of(1 + i), name=f"encoder_{i}") for i in range(n)]
+        self.decoder_layers = [TransformerDecoder(**layer, seed=seed_of(1 + n + i), name=f"decoder_{i}") for i in range(n)]
+        norm = lambda name: keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype, name=name)  # noqa: E731
+        self.enc_norm, self.dec_norm = (norm("enc_norm"), norm("dec_norm")) if config.norm_first else (None, None)
+        self.out = None if config.tie_output else keras.layers.Dense(config.tgt_vocab, dtype=dtype, name="out")
+        self.label_smoothing = 0.0
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        self.build()
+
+    def build(self, input_shape=None):
+        ids, shape = (None, None), (None, None, self.config.d_model)  # (B, T) and (B, T, D)
+        self.src_embed.build(ids)
+        self.tgt_embed.build(ids)
+        for layer in (*self.encoder_layers, self.enc_norm, self.dec_norm, self.out):
+            if layer is not None:
+                layer.build(shape)
+        for layer in self.decoder_layers:
+            layer.build(shape, shape)
+        if self.out is None:  # tied: logits = y Eᵀ + b, and b is the only output weight of its own
+            self.out_bias = self.add_weight(shape=(self.config.tgt_vocab,), initializer="zeros", name="out_bias")
+        self.built = True
+
+    def encode(self, src, training=None):
+        """memory (B, S, D) from source ids (B, S)."""
+        mask = self.src_embed.compute_mask(src)  # (B, S)
+        x = self.embed_dropout(self.src_embed(src), training=training)  # (B, S, D)
+        for layer in self.encoder_layers:
+            x = layer(x, mask=mask, training=training)  # (B, S, D)
+        return x if self.enc_norm is None else self.enc_norm(x)
+
+    def decode(self, tgt_in, memory, src_mask, training=None):
+        """logits (B, T, V) from target ids (B, T), memory (B, S, D) and the source's mask (B, S)."""
+        y = self.embed_dropout(self.tgt_embed(tgt_in), training=training)  # (B, T, D)
+        for layer in self.decoder_layers:
+            y = layer(y, memory, memory_mask=src_mask, training=training)  # (B, T, D)
+        if self.dec_norm is not None:
+            y = self.dec_norm(y)
+        if self.out is None:  # §3.4: the output projection shares the target embedding's weights
+            return ops.matmul(y, ops.transpose(self.tgt_embed.embedding.embeddings)) + self.out_bias  # (B, T, V)
+        return self.out(y)  # (B, T, V)
+
+    def call(self, inputs, training=None):
+        src, tgt_in = inputs
+        return self.decode(tgt_in, self.encode(src, training), self.src_embed.compute_mask(src), training)
+
+    def compile(self, optimizer="adam", label_smoothing=0.0, **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def _loss(self, data, training):
+        (src, tgt_in), tgt_out = data[0], data[1]
+        logits = self((src, tgt_in), training=training)  # (B, T, V)
+        loss = masked_cross_entropy(tgt_out, logits, self.label_smoothing, self.config.pad_id)
+        return loss, logits, tgt_out
+
+    def _report(self, loss, logits, tgt_out):
+        counted = ops.cast(ops.not_equal(tgt_out, self.config.pad_id), "float32")  # (B, T)
+        correct = ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(tgt_out, "int64")), "float32")  # (B, T)
+        self.loss_tracker.update_state(loss)
+        self.accuracy_tracker.update_state(correct, sample_weight=counted)  # a mean over the real target tokens
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            loss, logits, tgt_out = self._loss(data, training=True)
+        grads = tape.gradient(loss, self.trainable_weights)
+        self.optimizer.apply(grads, self.trainable_weights)
+        return self._report(loss, logits, tgt_out)
+
+    def test_step(self, data):
+        return self._report(*self._loss(data, training=False))
+
+
+class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Eq. (3), Vaswani et al. 2017, for a Keras optimizer: scratch/optim.py's transformer_schedule.
+
+    lrate = d_model^−0.5 · min(step^−0.5, step · warmup^−1.5), steps counted from 1. A Keras optimizer
+    calls its schedule with the number of updates made so far, 0 before the first, so step is that
+    count + 1 and the first update takes rate(1), as in scratch. (A schedule that took the count
+    itself as the step would give the first update rate 0.) Computed in float32, as Keras keeps rates.
+    """
+
+    def __init__(self, d_model, warmup):
+        transformer_schedule(d_model, warmup)  # scratch's checks of both arguments
+        self.d_model, self.warmup = int(d_model), int(warmup)
+
+    def __call__(self, iterations):
+        step = ops.cast(iterations, "float32") + 1.0  # the paper's step_num
+        return self.d_model**-0.5 * ops.minimum(ops.rsqrt(step), step * self.warmup**-1.5)
+
+    def get_config(self):
+        return {"d_model": self.d_model, "warmup": self.warmup}
+
+
+def translate(model, src, max_len=None):
+    """Greedy decoding with a Translator: (B, S) source ids → (B, L) target ids, L ≤ max_len.
+
+    scratch/decoding.py's greedy_decode: every row starts at BOS and takes the argmax token at each
+    step; a row stops at its EOS (kept) and is padded after it; decoding ends when every row has
+    stopped. The encoder runs once; each step re-runs the decoder on the whole prefix (Keras's
+    MultiHeadAttention keeps no key/value cache), as greedy_decode(use_cache=False) does.
+    """
+    config = model.config
+    src = check_tokens("src", src, config, config.src_vocab)
+    max_len = config.max_len if max_len is None else max_len
+    memory, src_mask = model.encode(src), model.src_embed.compute_mask(src)  # (B, S, D), (B, S)
+    tgt = np.full((src.shape[0], 1), BOS_ID)  # (B, 1)
+    done = np.zeros(src.shape[0], bool)
+    for _ in range(max_len):
+        logits = ops.convert_to_numpy(model.decode(tgt, memory, src_mask))[:, -1]  # (B, V)
+        nxt = np.where(done, config.pad_id, logits.argmax(axis=-1))  # (B,)
+        tgt = np.concatenate([tgt, nxt[:, None]], axis=1)
+        done |= nxt == EOS_ID
+        if done.all():
+            break
+    return tgt[:, 1:]
+
+
+# ----------------------------------------------------------------------------------------------
+# Where each scratch parameter lives in the Translator
+# ----------------------------------------------------------------------------------------------
+# MultiHeadAttention keeps the heads as an axis of their own (ports/keras/attention.py): W_q, W_k,
+# W_v (D, D) are kernels (D, H, Dh), their biases (H, Dh), W_o is (H, Dh, D). Each is a reshape of
+# scratch's matrix (head h owns columns h·Dh … (h+1)·Dh − 1), so converting only reshapes. A Dense
+# kernel is (in, out), as in scratch; LayerNormalization's gamma and beta are γ and β.
+
+
+def _keras_weights(model):
+    """{scratch name: Keras variable} for every parameter of parameter_shapes(model.config)."""
+    weights = {"src_embed": model.src_embed.embedding.embeddings, "tgt_embed": model.tgt_embed.embedding.embeddings}
+    stacks = (("enc", model.encoder_layers, (("attn.", "attention"),), model.enc_norm),
+              ("dec", model.decoder_layers, (("self_attn.", "self_attention"), ("cross_attn.", "cross_attention")),
+               model.dec_norm))
+    for stack, layers, attentions, final_norm in stacks:
+        for i, layer in enumerate(layers):
+            prefix = f"{stack}.{i}."
+            for scratch_prefix, attribute in attentions:
+                mha = getattr(layer, attribute)
+                for which, dense in zip("qkvo", (mha.query_dense, mha.key_dense, mha.value_dense, mha.output_dense)):
+                    weights[f"{prefix}{scratch_prefix}W_{which}"] = dense.kernel
+                    weights[f"{prefix}{scratch_prefix}b_{which}"] = dense.bias
+            for j, norm in enumerate(layer.norms, start=1):
+                weights[f"{prefix}ln{j}.gamma"], weights[f"{prefix}ln{j}.beta"] = norm.gamma, norm.beta
+            for j, dense in ((1, layer.ff1), (2, layer.ff2)):
+                weights[f"{prefix}ff.W{j}"], weights[f"{prefix}ff.b{j}"] = dense.kernel, dense.bias
+        if final_norm is not None:
+            weights[f"{stack}.ln.gamma"], weights[f"{stack}.ln.beta"] = final_norm.gamma, final_norm.beta
+    if model.out is None:
+        weights["out.b"] = model.out_bias
+    else:
+        weights["out.W"], weights["out.b"] = model.out.kernel, model.out.bias
+    return weights
+
+
+def to_keras_translator(params, config, seed=None):
+    """A `Translator` holding copies of a scratch parameter dict (its dtype is theirs)."""
+    _check_params(params, config)
+    unexpected = sorted(set(params) - set(parameter_shapes(config)))
+    if unexpected:
+        raise ValueError(f"params has names {unexpected} that parameter_shapes(config) does not")
+    model = Translator(config, dtype=np.asarray(params["out.b"]).dtype.name, seed=seed)
+    for name, variable in _keras_weights(model).items():
+        variable.assign(np.reshape(params[name], variable.shape))
+    return model
+
+
+def from_keras_translator(model):
+    """The scratch parameter dict of a `Translator`, in parameter_shapes order (the inverse of the above)."""
+    weights = _keras_weights(model)
+    return {name: np.array(weights[name].numpy()).reshape(shape) for name, shape in parameter_shapes(model.config).items()}
