@@ -122,3 +122,56 @@ RUNNERS.update({
     "discriminator": run_discriminator,
     "gan_steps": run_gan_steps,
 })
+
+
+# ----------------------------------------------------------------------------------------------
+# The Transformer (scratch/transformer.py, scratch/encoder_decoder.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def run_layer_norm(module, case):
+    out, cache = module.layer_norm_forward(case.x, case.gamma, case.beta)
+    dx, dgamma, dbeta = module.layer_norm_backward(case.dout, cache)
+    return {"out": out, "dx": dx, "dgamma": dgamma, "dbeta": dbeta}
+
+
+def run_feed_forward(module, case):
+    out, cache = module.feed_forward_forward(case.x, case.params)
+    dx, grads = module.feed_forward_backward(case.dout, cache)
+    return {"out": out, "dx": dx, **{f"d{name}": g for name, g in grads.items()}}
+
+
+def run_encoder_layer(module, case):
+    out, cache = module.encoder_layer_forward(case.x, case.params, case.num_heads, case.mask, case.norm_first)
+    dx, grads = module.encoder_layer_backward(case.dout, cache)
+    return {"out": out, "dx": dx, **{f"d{name}": g for name, g in grads.items()}}
+
+
+def run_decoder_layer(module, case):
+    out, cache = module.decoder_layer_forward(case.y, case.memory, case.params, case.num_heads, case.self_mask,
+                                              case.memory_mask, case.norm_first)
+    dy, dmemory, grads = module.decoder_layer_backward(case.dout, cache)
+    return {"out": out, "dy": dy, "dmemory": dmemory, **{f"d{name}": g for name, g in grads.items()}}
+
+
+def run_cross_entropy(module, case):
+    """The loss, as returned (a scalar of the logits' dtype, as scratch returns it), and dlogits."""
+    loss, cache = module.cross_entropy_forward(case.logits, case.targets, case.label_smoothing, case.ignore_index)
+    return {"loss": np.asarray(loss), "dlogits": module.cross_entropy_backward(case.dloss, cache)}
+
+
+def run_transformer(module, case):
+    """The logits of the whole model and the gradient of every parameter (dropout off)."""
+    logits, cache = module.transformer_forward(case.src, case.tgt_in, case.params, case.config)
+    grads = module.transformer_backward(case.dlogits, cache)
+    return {"logits": logits, **{f"d{name}": g for name, g in grads.items()}}
+
+
+RUNNERS.update({
+    "layer_norm": run_layer_norm,
+    "feed_forward": run_feed_forward,
+    "encoder_layer": run_encoder_layer,
+    "decoder_layer": run_decoder_layer,
+    "cross_entropy": run_cross_entropy,
+    "transformer": run_transformer,
+})

@@ -286,3 +286,221 @@ def gan_cases(draw, dtype):
     x, zz, dx = draw(floats(dtype, (b, d), bound=2.0)), draw(floats(dtype, (b, z), bound=2.0)), draw(floats(dtype, (b, d)))
     dlogits = draw(floats(dtype, (b // pack,)))
     return GANCase(config, params, x, zz, dx, dlogits, draw(st.sampled_from(["minimax", "non_saturating"])))
+
+
+# ----------------------------------------------------------------------------------------------
+# The Transformer (scratch/transformer.py, scratch/encoder_decoder.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def spread_rows(x, min_spread=0.5):
+    """x (..., D) with every row's features at least `min_spread` apart (rows of one feature left alone).
+
+    Layer norm divides by √(σ² + ε): on a row of (nearly) equal features σ is ~0 and 1/√ε ≈ 316
+    multiplies the last bit of the mean, which NumPy and the frameworks round differently (pairwise
+    and blocked sums). In float32 that alone reaches the tolerance; it is rounding, not a mistake.
+    Lifting the first feature of such a row above the others keeps every row well conditioned.
+    """
+    x = np.array(x)
+    if x.shape[-1] < 2 or x.size == 0:
+        return x
+    flat = x.reshape(-1, x.shape[-1])
+    narrow = np.ptp(flat, axis=-1) < min_spread
+    flat[narrow, 0] = flat[narrow].max(axis=-1) + 1.0
+    return flat.reshape(x.shape)
+
+
+def transformer_layer_params(rng, names, d, f, dtype):
+    """A layer's parameters from a NumPy generator: Glorot-uniform weights, biases and β uniform in
+    [-0.5, 0.5] (never 0, so no ReLU input sits exactly on its kink), γ uniform in [0.5, 1.5]."""
+    params = {}
+    for name in names:
+        leaf = name.rsplit(".", 1)[-1]
+        shape = {"W1": (d, f), "b1": (f,), "W2": (f, d)}.get(leaf, (d, d) if leaf.startswith("W") else (d,))
+        if len(shape) == 2:
+            limit = np.sqrt(6.0 / sum(shape))
+            params[name] = rng.uniform(-limit, limit, shape)
+        else:
+            params[name] = rng.uniform(0.5, 1.5, shape) if leaf == "gamma" else rng.uniform(-0.5, 0.5, shape)
+    return {name: value.astype(dtype) for name, value in params.items()}
+
+
+class LayerNormCase(NamedTuple):
+    x: np.ndarray  # (..., D)
+    gamma: np.ndarray  # (D,)
+    beta: np.ndarray  # (D,)
+    dout: np.ndarray  # (..., D)
+
+
+@st.composite
+def layer_norm_cases(draw, dtype):
+    """x (..., D) with 0 to 2 leading axes and D in 1..5 (D = 1: the output is β, the gradient 0)."""
+    lead, d = draw(batch_shapes), draw(st.integers(1, 5))
+    x = spread_rows(draw(floats(dtype, (*lead, d))))
+    gamma, beta = draw(floats(dtype, (d,), bound=2.0)), draw(floats(dtype, (d,)))
+    return LayerNormCase(x, gamma, beta, draw(floats(dtype, (*lead, d))))
+
+
+class FeedForwardCase(NamedTuple):
+    x: np.ndarray  # (..., D)
+    params: dict  # W1 (D, F), b1 (F,), W2 (F, D), b2 (D,)
+    dout: np.ndarray  # (..., D)
+
+
+@st.composite
+def feed_forward_cases(draw, dtype):
+    """x (..., D) and the two linear maps, D ≠ F."""
+    from scratch.transformer import FF_PARAM_NAMES
+
+    lead = draw(batch_shapes)
+    d, f = draw(distinct_pair(1, 5), label="D, F")
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="parameter seed"))
+    params = {name[3:]: p for name, p in transformer_layer_params(rng, [f"ff.{n}" for n in FF_PARAM_NAMES], d, f,
+                                                                   dtype).items()}
+    return FeedForwardCase(draw(floats(dtype, (*lead, d), bound=2.0)), params, draw(floats(dtype, (*lead, d))))
+
+
+class EncoderLayerCase(NamedTuple):
+    x: np.ndarray  # (B, S, D)
+    params: dict  # ENCODER_LAYER_NAMES
+    num_heads: int
+    mask: Optional[np.ndarray]  # broadcastable to (B, S, S)
+    norm_first: bool
+    dout: np.ndarray  # (B, S, D)
+
+
+def _layer_sizes(draw):
+    """(heads, D = heads · head width, F ≠ D)."""
+    num_heads, head_width = draw(st.integers(1, 2), label="heads"), draw(st.integers(1, 3), label="head width")
+    d = num_heads * head_width
+    return num_heads, d, draw(st.integers(1, 6).filter(lambda f: f != d), label="F")
+
+
+@st.composite
+def encoder_layer_cases(draw, dtype, norm_first=None, empty_rows=None):
+    """One encoder layer: x (B, S, D), a mask drawn as a padding mask (B, 1, S), a full (B, S, S) or a
+    shared (S, S) one, or none; with `empty_rows` (drawn if None) one query row (or one all-padding
+    sequence) has no key at all."""
+    from scratch.transformer import ENCODER_LAYER_NAMES
+
+    b, s = draw(st.integers(1, 2), label="B"), draw(st.integers(1, 4), label="S")
+    num_heads, d, f = _layer_sizes(draw)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="parameter seed"))
+    params = transformer_layer_params(rng, ENCODER_LAYER_NAMES, d, f, dtype)
+    if empty_rows is None:
+        empty_rows = draw(st.booleans(), label="empty row")
+    mask = draw(st.none() | masks((b, s, s), empty_rows=empty_rows), label="mask")
+    if norm_first is None:
+        norm_first = draw(st.booleans(), label="norm_first")
+    x = spread_rows(draw(floats(dtype, (b, s, d), bound=2.0)))
+    return EncoderLayerCase(x, params, num_heads, mask, norm_first, draw(floats(dtype, (b, s, d))))
+
+
+class DecoderLayerCase(NamedTuple):
+    y: np.ndarray  # (B, T, D)
+    memory: np.ndarray  # (B, S, D)
+    params: dict  # DECODER_LAYER_NAMES
+    num_heads: int
+    self_mask: Optional[np.ndarray]  # broadcastable to (B, T, T)
+    memory_mask: Optional[np.ndarray]  # broadcastable to (B, T, S)
+    norm_first: bool
+    dout: np.ndarray  # (B, T, D)
+
+
+@st.composite
+def decoder_layer_cases(draw, dtype, norm_first=None):
+    """One decoder layer: T ≠ S, a causal self mask (or another, or none), a source padding mask
+    (B, 1, S) or another memory mask, or none."""
+    from scratch.attention import causal_mask
+    from scratch.transformer import DECODER_LAYER_NAMES
+
+    b = draw(st.integers(1, 2), label="B")
+    t, s = draw(distinct_pair(1, 4), label="T, S")
+    num_heads, d, f = _layer_sizes(draw)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="parameter seed"))
+    params = transformer_layer_params(rng, DECODER_LAYER_NAMES, d, f, dtype)
+    self_mask = draw(st.sampled_from(["causal", "none", "drawn"]), label="self mask")
+    if self_mask == "causal":
+        self_mask = causal_mask(t)  # (T, T)
+    elif self_mask == "drawn":
+        self_mask = draw(masks((b, t, t)))
+    else:
+        self_mask = None
+    memory_mask = draw(st.none() | masks((b, t, s)), label="memory mask")
+    if norm_first is None:
+        norm_first = draw(st.booleans(), label="norm_first")
+    y = spread_rows(draw(floats(dtype, (b, t, d), bound=2.0)))
+    memory = draw(floats(dtype, (b, s, d), bound=2.0))
+    return DecoderLayerCase(y, memory, params, num_heads, self_mask, memory_mask, norm_first, draw(floats(dtype, (b, t, d))))
+
+
+class CrossEntropyCase(NamedTuple):
+    logits: np.ndarray  # (..., V)
+    targets: np.ndarray  # (...) integers
+    label_smoothing: float
+    ignore_index: Optional[int]
+    dloss: float
+
+
+@st.composite
+def cross_entropy_cases(draw, dtype, all_ignored=False, ignore=None):
+    """Logits (..., V) with 0 to 2 leading axes, targets in [0, V), ε in [0, 0.3]; with an ignore_index
+    (0, the padding id, or −100, torch's default) some targets are set to it; `all_ignored`: all of them.
+    `ignore`: None draws whether to ignore; True or False decides."""
+    lead = draw(st.lists(st.integers(1, 3), min_size=1 if all_ignored else 0, max_size=2).map(tuple), label="lead")
+    v = draw(st.integers(1, 6), label="V")
+    logits = draw(floats(dtype, (*lead, v)))
+    targets = draw(hnp.arrays(np.int64, lead, elements=st.integers(0, v - 1)), label="targets")
+    if ignore is None:
+        ignore = all_ignored or draw(st.booleans(), label="ignore")
+    ignore_index = draw(st.sampled_from([0, -100]), label="ignore_index") if ignore or all_ignored else None
+    if ignore_index is not None:
+        ignored = np.ones(lead, bool) if all_ignored else draw(hnp.arrays(np.bool_, lead), label="ignored")
+        targets = np.where(ignored, ignore_index, targets)
+    label_smoothing = draw(st.sampled_from([0.0, 0.1, 0.3]) | st.floats(0.0, 0.3), label="label_smoothing")
+    return CrossEntropyCase(logits, targets, label_smoothing, ignore_index, draw(st.sampled_from([1.0, -0.5, 2.0])))
+
+
+class TransformerCase(NamedTuple):
+    src: np.ndarray  # (B, S) ids, 0 = padding
+    tgt_in: np.ndarray  # (B, T) ids
+    params: dict  # the scratch layout, parameter_shapes(config)
+    config: object  # scratch.encoder_decoder.TransformerConfig
+    dlogits: np.ndarray  # (B, T, V_tgt)
+
+
+@st.composite
+def transformer_cases(draw, dtype, norm_first=None, tie_output=None, padding="end"):
+    """A tiny whole model: 2 layers, 2 heads, D = 4, F = 6, vocabularies of 7 and 6, S ≠ T ≤ 5.
+
+    Parameters from init_transformer with a seed drawn by Hypothesis, then biases, β and γ moved
+    off their initial 0 and 1 (uniform ±0.5 around them), so that every parameter matters.
+    Source padding (id 0): padding="end" pads each sequence after at least one real token (what
+    the data loaders make, and what torch's nested-tensor path expects); padding="anywhere" draws
+    pads at any position, all-padding sources included.
+    """
+    from scratch.encoder_decoder import TransformerConfig, init_transformer
+
+    if norm_first is None:
+        norm_first = draw(st.booleans(), label="norm_first")
+    if tie_output is None:
+        tie_output = draw(st.booleans(), label="tie_output")
+    config = TransformerConfig(src_vocab=7, tgt_vocab=6, d_model=4, num_heads=2, d_ff=6, num_layers=2, max_len=5,
+                               norm_first=norm_first, tie_output=tie_output)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="parameter seed"))
+    params = init_transformer(config, rng, np.float64)
+    for name, value in params.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("gamma", "beta") or leaf.startswith("b"):
+            params[name] = value + rng.uniform(-0.5, 0.5, value.shape)
+    params = {name: value.astype(dtype) for name, value in params.items()}
+    b = draw(st.integers(1, 3), label="B")
+    s, t = draw(distinct_pair(1, 5), label="S, T")
+    src = draw(hnp.arrays(np.int64, (b, s), elements=st.integers(1, config.src_vocab - 1)), label="src")
+    if padding == "end":
+        lengths = draw(hnp.arrays(np.int64, (b,), elements=st.integers(1, s)), label="source lengths")
+        src[np.arange(s)[None, :] >= lengths[:, None]] = config.pad_id
+    else:
+        src[draw(hnp.arrays(np.bool_, (b, s)), label="padded")] = config.pad_id
+    tgt_in = draw(hnp.arrays(np.int64, (b, t), elements=st.integers(0, config.tgt_vocab - 1)), label="tgt_in")
+    return TransformerCase(src, tgt_in, params, config, draw(floats(dtype, (b, t, config.tgt_vocab))))

@@ -94,8 +94,10 @@ def _layer_norm(x, gamma, beta, eps=1e-5):
 
 
 def _feed_forward(x, p):
-    # Eq. (2): FFN(x) = max(0, x W1 + b1) W2 + b2
-    return tf.nn.relu(x @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]  # (..., D)
+    # Eq. (2): FFN(x) = max(0, x W1 + b1) W2 + b2; tensordot contracts x's last axis whatever its rank
+    # (tf.matmul wants two or more axes, and x may be a single position (D,))
+    h = tf.nn.relu(tf.tensordot(x, p["W1"], axes=1) + p["b1"])  # (..., F)
+    return tf.tensordot(h, p["W2"], axes=1) + p["b2"]  # (..., D)
 
 
 def _split_heads(x, num_heads):
