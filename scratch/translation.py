@@ -34,11 +34,14 @@ class TranslationData(NamedTuple):
     test_references: list
 
 
-def load_translation_data(data="numbers"):
-    """The number-words corpus (English → French), encoded; vocabularies from the training split only."""
+def load_translation_data(data="numbers", corpus=None):
+    """The number-words corpus (English → French), encoded; vocabularies from the training split only.
+
+    `corpus`, a scratch.text.NumberWords, replaces the default one (the checks use a small one).
+    """
     if data != "numbers":
         raise ValueError(f"--data must be 'numbers' (the number-words corpus) for the transformer, got {data!r}")
-    corpus = X.load_number_words()
+    corpus = X.load_number_words() if corpus is None else corpus
     src_vocab = X.Vocabulary.build([en for _, en, _ in corpus.train])
     tgt_vocab = X.Vocabulary.build([fr for _, _, fr in corpus.train])
 
@@ -88,11 +91,15 @@ class TransformerTrainer:
         self.dtype, self.eval_size = np.dtype(dtype), eval_size
         self.lengths = np.array([max(len(s), len(t) - 1) for s, t in zip(data.train_src, data.train_tgt)])
         self.schedule = scaled_schedule(config.d_model, warmup, lr_factor)
+        self._epoch = (None, None)  # (epoch, its batches)
         self._build(M.init_transformer(config, np.random.default_rng(seed), dtype=self.dtype))
 
     def batch(self, step):
         """(src, tgt_in, tgt_out) of step `step`: sentences of similar length, padded with id 0."""
-        idx = X.batch_for_step(step, self.lengths, self.batch_size, self.seed)
+        epoch, position = divmod(step - 1, math.ceil(len(self.lengths) / self.batch_size))
+        if self._epoch[0] != epoch:  # one sort per epoch, not per step: X.batch_for_step, remembered
+            self._epoch = (epoch, X.length_batches(self.lengths, self.batch_size, self.seed, epoch))
+        idx = self._epoch[1][position]
         src = X.pad_batch([self.data.train_src[i] for i in idx])  # (B, S)
         tgt = X.pad_batch([self.data.train_tgt[i] for i in idx])  # (B, T + 1), BOS … EOS
         return src, tgt[:, :-1], tgt[:, 1:]  # the decoder reads BOS y1 … and predicts y1 … EOS
