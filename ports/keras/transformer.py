@@ -28,6 +28,8 @@ import tensorflow as tf
 from keras import ops
 
 from ports.keras.attention import Cache, _attention, _gradients, _watched, merge_heads, split_heads
+from ports.transformer_checks import (check_cross_entropy_inputs, check_feed_forward_inputs, check_layer_norm_inputs,
+                                      check_positional_encoding_args, check_transformer_params)
 from scratch.attention import causal_mask
 from scratch.decoding import BOS_ID, EOS_ID
 from scratch.encoder_decoder import TransformerConfig, check_tokens, init_transformer, parameter_shapes, source_mask
@@ -35,8 +37,7 @@ from scratch.layers import dropout_forward
 from scratch.optim import transformer_schedule
 from scratch.transformer import (DECODER_LAYER_NAMES, ENCODER_LAYER_NAMES, FF_PARAM_NAMES, _check_layer_params,
                                  _check_sequence, prefixed)
-from scratch.validate import MHA_PARAM_NAMES, as_float_array, check_multi_head_attention_inputs, check_ndim, \
-    check_same_dtype, check_shape
+from scratch.validate import check_multi_head_attention_inputs, check_same_dtype
 
 __all__ = [
     "positional_encoding", "layer_norm_forward", "layer_norm_backward", "feed_forward_forward", "feed_forward_backward",
@@ -148,19 +149,13 @@ def _watched_params(tape, params, names):
 
 def positional_encoding(t, d_model, dtype=np.float64):
     """(t, d_model) sinusoids: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same)."""
-    for name, value in (("t", t), ("d_model", d_model)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    check_positional_encoding_args(t, d_model)
     return ops.convert_to_numpy(_positional_encoding(int(t), int(d_model), "float64")).astype(dtype)
 
 
 def layer_norm_forward(x, gamma, beta, eps=1e-5):
     """LayerNorm(x) = γ ⊙ (x − μ) / √(σ² + ε) + β over the last axis (biased σ², as PyTorch)."""
-    x, gamma, beta = as_float_array("x", x), as_float_array("gamma", gamma), as_float_array("beta", beta)
-    check_ndim("x", x, 1, "(..., D)")
-    check_shape("gamma", gamma, x.shape[-1:])
-    check_shape("beta", beta, x.shape[-1:])
-    check_same_dtype(x=x, gamma=gamma, beta=beta)
+    x, gamma, beta = check_layer_norm_inputs(x, gamma, beta)
     with tf.GradientTape() as tape:
         inputs = tuple(_watched(tape, a) for a in (x, gamma, beta))
         y = _layer_norm(*inputs, eps)
@@ -173,22 +168,9 @@ def layer_norm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-def _check_linear(x, W, b):
-    """scratch/layers.py's linear_forward checks: x (..., I), W (I, O), b (O,), one dtype."""
-    W, b = as_float_array("W", W), as_float_array("b", b)
-    check_ndim("W", W, 2, "(I, O)")
-    check_ndim("x", x, 1, "(..., I)")
-    if W.ndim != 2 or x.shape[-1] != W.shape[0]:
-        raise ValueError(f"W must have shape ({x.shape[-1]}, O) to match x {x.shape}, got shape {W.shape}")
-    check_shape("b", b, (W.shape[1],))
-    check_same_dtype(x=x, W=W, b=b)
-    return np.empty(x.shape[:-1] + (W.shape[1],), x.dtype)  # what the map returns, for the next check
-
-
 def feed_forward_forward(x, params):
     """FFN(x) = max(0, x W1 + b1) W2 + b2, Eq. (2): the same two linear maps at every position."""
-    x = as_float_array("x", x)
-    _check_linear(_check_linear(x, params["W1"], params["b1"]), params["W2"], params["b2"])
+    x = check_feed_forward_inputs(x, params)
     with tf.GradientTape() as tape:
         xt, p = _watched(tape, x), _watched_params(tape, params, FF_PARAM_NAMES)
         y = _feed_forward(xt, p)  # (..., D)
@@ -265,33 +247,13 @@ def decoder_layer_backward(dout, cache):
 # ----------------------------------------------------------------------------------------------
 
 
-def check_cross_entropy_inputs(logits, targets, label_smoothing, ignore_index):
-    """scratch's checks, in scratch's order and words: logits (..., V), integer targets (...) in [0, V)."""
-    logits = as_float_array("logits", logits)
-    check_ndim("logits", logits, 1, "(..., V)")
-    targets = np.asarray(targets)
-    if targets.dtype.kind not in "iu":
-        raise TypeError(f"targets must be an integer array, got dtype {targets.dtype} with shape {targets.shape}")
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets must have shape {logits.shape[:-1]} to match logits {logits.shape}, "
-                         f"got shape {targets.shape}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
-    v = logits.shape[-1]
-    counted = np.ones(targets.shape, bool) if ignore_index is None else targets != ignore_index
-    bad = targets[counted & ((targets < 0) | (targets >= v))]
-    if bad.size:
-        raise ValueError(f"targets must lie in [0, V={v}) (or equal ignore_index={ignore_index}), got {np.unique(bad).tolist()}")
-    return logits, targets
-
-
 def cross_entropy_forward(logits, targets, label_smoothing=0.0, ignore_index=None):
     """Mean over the counted targets of −Σ_v q_v log p_v, q = (1 − ε)·one-hot(target) + ε/V.
 
     logits (..., V), targets integers (...); a target equal to `ignore_index` counts for nothing;
     with nothing counted the loss is 0 and so is its gradient.
     """
-    logits, targets = check_cross_entropy_inputs(logits, targets, label_smoothing, ignore_index)
+    logits, targets, _ = check_cross_entropy_inputs(logits, targets, label_smoothing, ignore_index)
     with tf.GradientTape() as tape:
         z = _watched(tape, logits)
         loss = _cross_entropy(z, ops.convert_to_tensor(targets.astype(np.int64)), label_smoothing, ignore_index)
@@ -341,21 +303,6 @@ def _decode(tgt_in, memory, src, p, config, rng):
     return ops.matmul(y, w_out) + p["out.b"]  # (B, T, V)
 
 
-def _check_params(params, config):
-    """Every name of parameter_shapes(config), floating, of its shape, all of one dtype.
-
-    (scratch meets the same parameters layer by layer as its forward reaches them; here they are
-    checked up front, so that nothing is computed from a malformed dict.)
-    """
-    expected = parameter_shapes(config)
-    missing = [name for name in expected if name not in params]
-    if missing:
-        raise ValueError(f"params is missing {missing}")
-    for name, shape in expected.items():
-        check_shape(f"params[{name!r}]", as_float_array(f"params[{name!r}]", params[name]), shape)
-    check_same_dtype(**{name.replace(".", "_"): np.asarray(params[name]) for name in expected})
-
-
 def transformer_forward(src, tgt_in, params, config, rng=None):
     """logits (B, T, V_tgt) for source ids (B, S) and target ids (B, T) shifted right (BOS first).
 
@@ -365,7 +312,7 @@ def transformer_forward(src, tgt_in, params, config, rng=None):
     tgt_in = check_tokens("tgt_in", tgt_in, config, config.tgt_vocab)
     if src.shape[0] != tgt_in.shape[0]:
         raise ValueError(f"src {src.shape} and tgt_in {tgt_in.shape} must share the batch axis B")
-    _check_params(params, config)
+    check_transformer_params(params, config)
     names = tuple(params)
     with tf.GradientTape() as tape:
         p = _watched_params(tape, params, names)
@@ -696,7 +643,7 @@ def _keras_weights(model):
 
 def to_keras_translator(params, config, seed=None):
     """A `Translator` holding copies of a scratch parameter dict (its dtype is theirs)."""
-    _check_params(params, config)
+    check_transformer_params(params, config)
     unexpected = sorted(set(params) - set(parameter_shapes(config)))
     if unexpected:
         raise ValueError(f"params has names {unexpected} that parameter_shapes(config) does not")
