@@ -18,7 +18,7 @@ DEFAULTS = {
     "vae": {"data": "digits", "steps": 3000, "batch_size": 128, "lr": 1e-3, "z_dim": 2},
     "gan": {"data": "ring", "lr": 1e-3},  # steps and batch size: scratch.train.GAN_RUNS, by data set
     # --lr scales the paper's warm-up schedule (scratch/translation.py)
-    "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 2.0},
+    "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 1.0},
 }
 
 
@@ -37,7 +37,7 @@ def build_parser(prog, implementation):
     train.add_argument("--eval-every", type=int, default=500)
     train.add_argument("--batch-size", type=int, help="default: vae 128; gan 256 (digits 64); transformer 64")
     train.add_argument("--lr", type=float, help="learning rate (default 1e-3; the GAN's falls to --lr-end); for the "
-                       "transformer, the factor on the paper's warm-up schedule (default 2.0)")
+                       "transformer, the factor on the paper's warm-up schedule (default 1.0)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     vae = train.add_argument_group("vae")
     vae.add_argument("--z-dim", type=int, help="latent (vae, default 2, to plot it) or noise width (gan: 2 for "

@@ -211,3 +211,16 @@ def transformer_backward(dlogits, cache):
     dmemory = decode_backward(dlogits, dec_cache, params, config, grads)
     encode_backward(dmemory, enc_cache, grads)
     return {name: grads[name] for name in params}
+
+
+def attention_maps(cache):
+    """The attention weights of a forward pass, (B, H, T_q, T_k) each: "enc.{i}.attn",
+    "dec.{i}.self_attn" and "dec.{i}.cross_attn" (what the figures draw; not part of the math)."""
+    _, config, (_, enc_caches, _), (_, dec_caches, _, _) = cache
+    maps = {}
+    for i, layer in enumerate(enc_caches):
+        maps[f"enc.{i}.attn"] = layer[3][2].attention.weights  # layer cache → sub-layer 1 → its MHA cache
+    for i, layer in enumerate(dec_caches):
+        maps[f"dec.{i}.self_attn"] = layer[3][2].attention.weights
+        maps[f"dec.{i}.cross_attn"] = layer[4][2].attention.weights
+    return maps
