@@ -227,7 +227,14 @@ def bench_gan_step(args):
     return bench_gan(args, report)
 
 
-BENCHES = {"attention": bench_attention, "vae": bench_vae_step, "gan": bench_gan_step, "homework": bench_homework}
+def bench_transformer_step(args):
+    from checks.bench_transformer import bench_transformer
+
+    return bench_transformer(args, report, time_interleaved)
+
+
+BENCHES = {"attention": bench_attention, "vae": bench_vae_step, "gan": bench_gan_step, "transformer": bench_transformer_step,
+           "homework": bench_homework}
 
 
 def main(argv=None):
