@@ -531,6 +531,8 @@ class Translator(keras.Model):
     def compile(self, optimizer="adam", label_smoothing=0.0, **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
         self.label_smoothing = float(label_smoothing)
+        # the optimizer's slots made now, not inside fit's first trace (which would then trace twice)
+        self.optimizer.build(self.trainable_variables)
 
     @property
     def metrics(self):
