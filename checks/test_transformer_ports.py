@@ -23,7 +23,11 @@ from scratch import encoder_decoder as M
 from scratch import transformer as T
 from scratch.attention import causal_mask
 
-pytestmark = pytest.mark.transformer
+pytestmark = [
+    pytest.mark.transformer,
+    # torch's eval-mode encoder packs padded batches into a (prototype) nested tensor, and says so
+    pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage:UserWarning"),
+]
 
 
 def assert_all_close(impl, what, actual, expected, dtype):
@@ -149,6 +153,43 @@ def test_tf_module_holds_scratch_weights(dtype, norm_first, tie_output):
     fresh = port.Transformer(config, dtype=dtype, seed=3)  # built from the same seed as scratch's init
     for name, value in port.from_tf_transformer(fresh).items():
         np.testing.assert_array_equal(value, params[name], err_msg=f"tensorflow: Transformer(seed=3) {name}")
+
+
+def test_tf_module_drops_what_scratch_drops_with_masks_drawn_ahead():
+    """dropout_masks draws, before a compiled step, the masks scratch's forward draws from the same generator."""
+    port = require("tensorflow", "transformer")
+    config = M.TransformerConfig(src_vocab=7, tgt_vocab=6, d_model=4, num_heads=2, d_ff=6, num_layers=2, max_len=6,
+                                 norm_first=True, dropout=0.3)
+    params = M.init_transformer(config, np.random.default_rng(4))
+    src, tgt_in = np.array([[3, 4, 5, 0], [6, 2, 0, 0]]), np.array([[1, 3, 2], [1, 2, 3]])
+    masks = port.dropout_masks(np.random.default_rng(5), config, 2, 4, 3, np.float64)
+    expected, _ = M.transformer_forward(src, tgt_in, params, config, rng=np.random.default_rng(5))
+    assert_close(np.asarray(port.to_tf_transformer(params, config)(src, tgt_in, masks)), expected,
+                 impl="tensorflow Transformer (tf.Module)", what="logits with dropout_masks")
+
+
+@pytest.mark.parametrize("impl", ["torch", "tensorflow"])
+def test_module_greedy_decoding_equals_scratch(impl):
+    """TorchTransformer.greedy_decode and Transformer.greedy_decode (tf.Module), which re-run the decoder on
+    the whole prefix, return scratch's cached greedy_decode: BOS dropped, EOS kept, padding after it."""
+    port = require(impl, "transformer")
+    from scratch.decoding import EOS_ID, greedy_decode
+
+    config = M.TransformerConfig(src_vocab=7, tgt_vocab=6, d_model=8, num_heads=2, d_ff=12, num_layers=2, max_len=7)
+    params = M.init_transformer(config, np.random.default_rng(61))
+    params["out.b"] = np.random.default_rng(1061).normal(0.0, 0.3, 6)  # a seed where rows stop at different steps
+    src = np.array([[3, 4, 5, 0], [6, 2, 0, 0], [1, 1, 2, 3]])
+    expected = greedy_decode(src, params, config)
+    if impl == "torch":
+        import torch
+
+        module = port.to_torch_transformer(params, config).eval()
+        decoded = module.greedy_decode(torch.from_numpy(src)).numpy()
+    else:
+        decoded = port.to_tf_transformer(params, config).greedy_decode(src).numpy()
+    assert expected.tolist() == [[4, 3, 5, 3, 2, 0, 0], [2, 0, 0, 0, 0, 0, 0], [4, 4, 4, 0, 0, 0, 0]], \
+        f"scratch decodes {expected.tolist()}: pick a seed where rows stop at different steps, one never"
+    np.testing.assert_array_equal(decoded, expected, err_msg=f"{impl}: greedy decoding")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,10 +10,14 @@ import tensorflow as tf
 
 from ports.tensorflow.gan import from_tf_gan, to_tf_gan
 from ports.tensorflow.optim import Adam
+from ports.tensorflow.transformer import _cross_entropy, dropout_masks, from_tf_transformer, to_tf_transformer
 from ports.tensorflow.vae import from_tf_vae, to_tf_vae
+from scratch import encoder_decoder as M
 from scratch import gan as G
+from scratch import text as X
 from scratch import vae as V
 from scratch.train import GANTrainer, VAETrainer, split_optimizer_state
+from scratch.translation import TransformerTrainer
 
 
 class TensorFlowVAETrainer(VAETrainer):
@@ -89,4 +93,64 @@ class TensorFlowGANTrainer(GANTrainer):
         self.disc_optimizer.load_state_dict(split_optimizer_state(arrays, "optim.disc."))
 
 
-TRAINERS = {"vae": TensorFlowVAETrainer, "gan": TensorFlowGANTrainer}
+class TensorFlowTransformerTrainer(TransformerTrainer):
+    """The `Transformer` tf.Module with a tf.function-compiled step and ports/tensorflow/optim.py's Adam.
+
+    Starts from scratch's weights, trains on scratch's batches with the same schedule and loss.
+    Dropout, when on, uses scratch's very masks: drawn with NumPy from the step's generator
+    (`dropout_masks`) and handed to the compiled step as tensors, so even a run with dropout
+    follows scratch's trajectory, and a resumed run draws what an unbroken one draws.
+    """
+
+    IMPLEMENTATION, OPTIMIZER = "tensorflow", "adam (ports/tensorflow/optim.py)"
+
+    def _build(self, params):
+        self.model = to_tf_transformer(params, self.model_config)
+        self.lr_variable = tf.Variable(self.schedule(1), dtype=tf.float64, trainable=False, name="lr")
+        self.optimizer = Adam(self.model.params, lr=self.lr_variable, betas=self.BETAS, eps=self.EPS)
+        label_smoothing, config = self.label_smoothing, self.model_config
+        # one trace for every batch: B, S and T left open; as many dropout masks as scratch draws, or none
+        ids = tf.TensorSpec((None, None), tf.int64)
+        n_masks = (2 + 5 * config.num_layers) if config.dropout else 0
+        mask = tf.TensorSpec((None, None, config.d_model), tf.as_dtype(self.dtype))
+
+        # (autograph off: the step has no tensor-dependent Python control flow, and converting it is slow)
+        @tf.function(input_signature=[ids, ids, ids, (mask,) * n_masks], autograph=False)
+        def step(src, tgt_in, tgt_out, masks):
+            with tf.GradientTape() as tape:
+                logits = self.model(src, tgt_in, masks)  # (B, T, V)
+                targets = tf.reshape(tgt_out, (-1,))
+                loss = _cross_entropy(tf.reshape(logits, (-1, logits.shape[-1])), targets,
+                                      tf.not_equal(targets, X.PAD_ID), label_smoothing)
+            params = self.model.params
+            grads = dict(zip(params, tape.gradient(loss, list(params.values()))))
+            self.optimizer.apply({k: tf.convert_to_tensor(g) for k, g in grads.items()}, params)
+            return loss
+
+        self._compiled_step = step
+
+    def _step(self, src, tgt_in, tgt_out, step):
+        self.lr_variable.assign(self.schedule(step))
+        masks = dropout_masks(self.dropout_rng(step), self.model_config, *src.shape, tgt_in.shape[1], self.dtype)
+        return float(self._compiled_step(tf.constant(src, tf.int64), tf.constant(tgt_in, tf.int64),
+                                         tf.constant(tgt_out, tf.int64), tuple(tf.constant(m) for m in masks)))
+
+    def logits(self, src, tgt_in):
+        return self.model(src, tgt_in).numpy()
+
+    def translate_ids(self, src):
+        return self.model.greedy_decode(src).numpy()
+
+    def numpy_params(self):
+        return from_tf_transformer(self.model)
+
+    def state(self):
+        optim = {f"optim.{k}": v for k, v in self.optimizer.state_dict().items()}
+        return {**self.numpy_params(), **self.vocab_arrays(), **optim}
+
+    def load_state(self, arrays):
+        self._build({name: arrays[name] for name in M.parameter_shapes(self.model_config)})
+        self.optimizer.load_state_dict(split_optimizer_state(arrays))
+
+
+TRAINERS = {"vae": TensorFlowVAETrainer, "gan": TensorFlowGANTrainer, "transformer": TensorFlowTransformerTrainer}

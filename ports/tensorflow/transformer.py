@@ -9,7 +9,8 @@ the same error here as there. Dropout draws scratch's masks from the same `rng`
 
 After the functions comes the model the TensorFlow way: `Transformer`, a `tf.Module` holding one
 `tf.Variable` per scratch parameter (same names, same (in, out) layout: nothing is transposed),
-called as `model(src, tgt_in)` → logits, with `to_tf_transformer` / `from_tf_transformer`.
+called as `model(src, tgt_in)` → logits, with `to_tf_transformer` / `from_tf_transformer`, and
+`dropout_masks`, which draws scratch's dropout masks ahead of a compiled step.
 The tensor functions take the token ids as tensors and read every size they need at run time,
 so that they also run inside a `tf.function`.
 
@@ -26,6 +27,7 @@ import tensorflow as tf
 from ports.tensorflow.attention import _attention, _watched
 from ports.transformer_checks import (check_cross_entropy_inputs, check_feed_forward_inputs, check_layer_norm_inputs,
                                       check_positional_encoding_args, check_transformer_params)
+from scratch.decoding import BOS_ID, EOS_ID
 from scratch.encoder_decoder import TransformerConfig, check_tokens, init_transformer, parameter_shapes
 from scratch.layers import dropout_forward
 from scratch.transformer import (DECODER_LAYER_NAMES, ENCODER_LAYER_NAMES, FF_PARAM_NAMES, _check_layer_params,
@@ -37,7 +39,7 @@ __all__ = [
     "encoder_layer_forward", "encoder_layer_backward", "decoder_layer_forward", "decoder_layer_backward",
     "cross_entropy_forward", "cross_entropy_backward", "TransformerConfig", "parameter_shapes", "init_transformer",
     "transformer_forward", "transformer_backward", "ENCODER_LAYER_NAMES", "DECODER_LAYER_NAMES",
-    "Transformer", "to_tf_transformer", "from_tf_transformer",
+    "Transformer", "to_tf_transformer", "from_tf_transformer", "dropout_masks",
 ]
 
 
@@ -122,9 +124,26 @@ def _multi_head(x_q, x_kv, p, num_heads, mask):
 
 
 def _dropout(x, p, rng):
-    """Inverted dropout with the mask scratch draws from `rng` (eager only: the mask is NumPy's)."""
-    _, keep = dropout_forward(np.ones(tuple(x.shape), x.dtype.as_numpy_dtype), p, rng)
-    return x if keep is None else x * keep
+    """Inverted dropout with scratch's masks. `rng` is a np.random.Generator, which draws the mask
+    now as scratch/layers.py's dropout_forward does, or an iterator over masks drawn beforehand by
+    `dropout_masks` (inside a tf.function, where NumPy cannot draw), taken in turn."""
+    if p == 0.0 or rng is None:
+        return x
+    if isinstance(rng, np.random.Generator):
+        _, keep = dropout_forward(np.ones(tuple(x.shape), x.dtype.as_numpy_dtype), p, rng)
+        return x * keep
+    return x * next(rng)
+
+
+def dropout_masks(rng, config, b, s, t, dtype):
+    """The keep-masks (0, or 1/(1 − p)) that scratch's transformer_forward draws from `rng` for B
+    sources of S positions and targets of T, in its order: the source embedding, two per encoder
+    layer, the target embedding, three per decoder layer. () when dropout is off."""
+    if rng is None or config.dropout == 0.0:
+        return ()
+    d, n = config.d_model, config.num_layers
+    shapes = [(b, s, d)] * (1 + 2 * n) + [(b, t, d)] * (1 + 3 * n)
+    return tuple(dropout_forward(np.ones(shape, dtype), config.dropout, rng)[1] for shape in shapes)
 
 
 def _sublayer(x, f, gamma, beta, norm_first, dropout, rng):
@@ -364,7 +383,8 @@ class Transformer(tf.Module):
 
     Initialised by scratch's `init_transformer` with a NumPy generator seeded by `seed`, so a
     model built here starts from the weights scratch starts from. Calling it runs the tensor
-    functions above without dropout: `model(src (B, S), tgt_in (B, T))` → logits (B, T, V_tgt).
+    functions above: `model(src (B, S), tgt_in (B, T))` → logits (B, T, V_tgt), without dropout
+    unless `masks`, from `dropout_masks`, are given (then it drops what scratch drops).
     """
 
     def __init__(self, config, dtype=tf.float32, seed=0, name="transformer"):
@@ -374,9 +394,26 @@ class Transformer(tf.Module):
         # name → tf.Variable; tf.Module tracks the dict, so these are its trainable_variables
         self.params = {key: tf.Variable(value, name=key.replace(".", "_")) for key, value in initial.items()}
 
-    def __call__(self, src, tgt_in):
-        src, tgt_in = tf.convert_to_tensor(src), tf.convert_to_tensor(tgt_in)
-        return _logits(src, tgt_in, self.params, self.config)  # (B, T, V)
+    def __call__(self, src, tgt_in, masks=()):
+        src, tgt_in = tf.convert_to_tensor(src, tf.int64), tf.convert_to_tensor(tgt_in, tf.int64)
+        return _logits(src, tgt_in, self.params, self.config, iter(masks) if len(masks) else None)  # (B, T, V)
+
+    def greedy_decode(self, src, max_len=None):
+        """(B, L) target ids as scratch/decoding.py's greedy_decode returns them (BOS dropped, EOS kept,
+        padding after it), the decoder re-run on the whole prefix at each step."""
+        max_len = self.config.max_len if max_len is None else max_len
+        src = tf.convert_to_tensor(src, tf.int64)
+        memory = _encode(src, self.params, self.config)  # (B, S, D)
+        tgt = tf.fill((tf.shape(src)[0], 1), tf.constant(BOS_ID, tf.int64))  # (B, 1)
+        done = tf.zeros(tf.shape(src)[0], tf.bool)
+        for _ in range(max_len):
+            nxt = tf.argmax(_decode(tgt, memory, src, self.params, self.config)[:, -1], axis=-1)  # (B,)
+            nxt = tf.where(done, tf.constant(self.config.pad_id, tf.int64), nxt)
+            tgt = tf.concat([tgt, nxt[:, None]], axis=1)
+            done = done | (nxt == EOS_ID)
+            if bool(tf.reduce_all(done)):
+                break
+        return tgt[:, 1:]
 
 
 def to_tf_transformer(params, config):

@@ -6,14 +6,20 @@ number), with `torch.optim.Adam`, and saves its checkpoint in the scratch layout
 state included, so a run resumes exactly and a scratch checkpoint loads into it.
 """
 
+import copy
+
 import numpy as np
 import torch
 
 from ports.torch.gan import _discriminator_loss, _generator_loss, _linears, from_torch_gan, to_torch_gan
+from ports.torch.transformer import _cross_entropy, from_torch_transformer, to_torch_transformer
 from ports.torch.vae import _linear_layers, from_torch_vae, to_torch_vae
+from scratch import encoder_decoder as M
 from scratch import gan as G
+from scratch import text as X
 from scratch import vae as V
 from scratch.train import GANTrainer, VAETrainer
+from scratch.translation import TransformerTrainer
 
 
 class TorchVAETrainer(VAETrainer):
@@ -140,4 +146,78 @@ class TorchGANTrainer(GANTrainer):
         load_adam_state(self.disc_optimizer, self._named(self.discriminator, "disc"), arrays, "optim.disc.")
 
 
-TRAINERS = {"vae": TorchVAETrainer, "gan": TorchGANTrainer}
+class TorchTransformerTrainer(TransformerTrainer):
+    """TorchTransformer (torch.nn.Transformer inside) trained with torch.optim.Adam, the schedule set by hand.
+
+    Starts from scratch's weights and trains on scratch's batches with the same loss (the label-
+    smoothed cross-entropy of ports/torch/transformer.py, padding ignored). Dropout, when on, is
+    torch's own, its generator seeded from the step (so a resumed run draws what an unbroken one
+    draws); its masks are not scratch's, so only dropout-free runs follow scratch's trajectory.
+    """
+
+    IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
+
+    def _build(self, params):
+        self.module = to_torch_transformer(params, self.model_config)
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=self.schedule(1), betas=self.BETAS, eps=self.EPS)
+
+    def _step(self, src, tgt_in, tgt_out, step):
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule(step)
+        self.module.train()
+        rng = self.dropout_rng(step)
+        with torch.random.fork_rng(devices=[]):  # the process's own generator is left as it was
+            if rng is not None:
+                torch.manual_seed(int(rng.integers(2**63)))
+            logits = self.module(torch.from_numpy(src), torch.from_numpy(tgt_in))  # (B, T, V)
+        targets = torch.from_numpy(tgt_out.reshape(-1))
+        loss = _cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, targets != X.PAD_ID, self.label_smoothing)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def logits(self, src, tgt_in):
+        self.module.eval()
+        with torch.no_grad():
+            return self.module(torch.from_numpy(src), torch.from_numpy(tgt_in)).numpy()
+
+    def translate_ids(self, src):
+        self.module.eval()
+        return self.module.greedy_decode(torch.from_numpy(src)).numpy()
+
+    def numpy_params(self):
+        return from_torch_transformer(self.module)
+
+    def _moments(self, key):
+        """Adam's moment `key` of every parameter, in the scratch layout. from_torch_transformer only copies,
+        transposes and splits, so read from a copy of the module whose parameters hold the moments, it
+        lays them out as it lays out the weights."""
+        shadow = copy.deepcopy(self.module)
+        for p_shadow, p in zip(shadow.parameters(), self.module.parameters()):
+            p_shadow.data = self.optimizer.state[p][key]
+        return from_torch_transformer(shadow)
+
+    def state(self):
+        t = int(next(iter(self.optimizer.state.values()))["step"]) if self.optimizer.state else 0
+        optim = {"optim.t": np.array(t, dtype=np.int64)}
+        if t:
+            for key, ours in (("exp_avg", "m"), ("exp_avg_sq", "v")):
+                optim.update({f"optim.{ours}.{name}": value for name, value in self._moments(key).items()})
+        return {**self.numpy_params(), **self.vocab_arrays(), **optim}
+
+    def load_state(self, arrays):
+        names = M.parameter_shapes(self.model_config)
+        self._build({name: arrays[name] for name in names})
+        t = int(arrays["optim.t"])
+        if t == 0:
+            return
+        # the inverse: a module built from the moments in scratch's layout holds them in torch's
+        m, v = (to_torch_transformer({name: arrays[f"optim.{k}.{name}"] for name in names}, self.model_config)
+                for k in ("m", "v"))
+        for p, pm, pv in zip(self.module.parameters(), m.parameters(), v.parameters()):
+            self.optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": pm.detach().clone(),
+                                       "exp_avg_sq": pv.detach().clone()}
+
+
+TRAINERS = {"vae": TorchVAETrainer, "gan": TorchGANTrainer, "transformer": TorchTransformerTrainer}

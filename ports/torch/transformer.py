@@ -29,6 +29,7 @@ from ports.torch.attention import (Cache, _attention, _gradients, _leaf, from_to
 from ports.transformer_checks import (check_cross_entropy_inputs, check_feed_forward_inputs, check_layer_norm_inputs,
                                       check_positional_encoding_args, check_transformer_params)
 from scratch.attention import causal_mask
+from scratch.decoding import BOS_ID, EOS_ID
 from scratch.encoder_decoder import TransformerConfig, check_tokens, init_transformer, parameter_shapes, source_mask
 from scratch.layers import dropout_forward
 from scratch.transformer import (DECODER_LAYER_NAMES, ENCODER_LAYER_NAMES, FF_PARAM_NAMES, _check_layer_params,
@@ -406,7 +407,8 @@ class TorchTransformer(nn.Module):
     weight *is* the target embedding when `config.tie_output` (an nn.Linear weight is (V, D),
     exactly the embedding table's layout).
 
-    forward(src (B, S), tgt_in (B, T) int64) → logits (B, T, V_tgt).
+    forward(src (B, S), tgt_in (B, T) int64) → logits (B, T, V_tgt); `encode`, `decode` and
+    `greedy_decode` for translating.
 
     Masks. torch's boolean masks mean True = *blocked*, ours True = may attend, so each is
     the complement of scratch's: src_key_padding_mask = memory_key_padding_mask = (src == pad)
@@ -432,18 +434,27 @@ class TorchTransformer(nn.Module):
         encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), n, norm=final_norm(),
                                         enable_nested_tensor=not config.norm_first)
         decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), n, norm=final_norm())
+        # §5.4 drops out each sub-layer's output and the embedded input, as scratch does. torch's layers
+        # also drop attention weights and the feed-forward block's hidden units: those two are switched
+        # off, so that with dropout on this is still scratch's model (torch's masks, not scratch's).
+        for layer in (*encoder.layers, *decoder.layers):
+            layer.dropout = nn.Identity()  # between linear1 and linear2
+            for attention in (layer.self_attn, getattr(layer, "multihead_attn", None)):
+                if attention is not None:
+                    attention.dropout = 0.0
         self.transformer = nn.Transformer(d, h, custom_encoder=encoder, custom_decoder=decoder, batch_first=True,
                                           dtype=dtype)
         self.src_embed = nn.Embedding(config.src_vocab, d, dtype=dtype)
         self.tgt_embed = nn.Embedding(config.tgt_vocab, d, dtype=dtype)
         self.register_buffer("pe", torch.from_numpy(positional_encoding(config.max_len, d)).to(dtype))  # (max_len, D)
+        self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(d, config.tgt_vocab, dtype=dtype)
         if config.tie_output:
             self.out.weight = self.tgt_embed.weight  # one Parameter, two uses: its gradient is their sum
 
     def embed(self, ids, embedding):
-        """x = E[ids] · √D + PE (§3.4, §3.5): (B, T) → (B, T, D); dropout comes with the layers' own."""
-        return embedding(ids) * math.sqrt(self.config.d_model) + self.pe[: ids.shape[1]]
+        """x = Dropout(E[ids] · √D + PE) (§3.4, §3.5, §5.4): (B, T) → (B, T, D)."""
+        return self.dropout(embedding(ids) * math.sqrt(self.config.d_model) + self.pe[: ids.shape[1]])
 
     def masks(self, src, t):
         """torch's masks (True = blocked) for source ids (B, S) and T target positions."""
@@ -451,11 +462,41 @@ class TorchTransformer(nn.Module):
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=src.device), diagonal=1)  # (T, T) = ~causal_mask
         return padding, causal
 
+    def encode(self, src):
+        """memory (B, S, D) for source ids (B, S)."""
+        padding, _ = self.masks(src, 0)
+        return self.transformer.encoder(self.embed(src, self.src_embed), src_key_padding_mask=padding)
+
+    def decode(self, tgt_in, memory, src):
+        """logits (B, T, V) for target ids (B, T), the memory (B, S, D) and its source ids (B, S)."""
+        padding, causal = self.masks(src, tgt_in.shape[1])
+        h = self.transformer.decoder(self.embed(tgt_in, self.tgt_embed), memory, tgt_mask=causal,
+                                     memory_key_padding_mask=padding)  # (B, T, D)
+        return self.out(h)  # (B, T, V)
+
     def forward(self, src, tgt_in):
         padding, causal = self.masks(src, tgt_in.shape[1])
         h = self.transformer(self.embed(src, self.src_embed), self.embed(tgt_in, self.tgt_embed), tgt_mask=causal,
                              src_key_padding_mask=padding, memory_key_padding_mask=padding)  # (B, T, D)
         return self.out(h)  # (B, T, V)
+
+    @torch.no_grad()
+    def greedy_decode(self, src, max_len=None):
+        """(B, L) target ids as scratch/decoding.py's greedy_decode returns them (BOS dropped, EOS kept,
+        padding after it), the decoder re-run on the whole prefix at each step (torch's decoder keeps
+        no key/value cache). Call it in eval mode."""
+        max_len = self.config.max_len if max_len is None else max_len
+        memory = self.encode(src)  # (B, S, D)
+        tgt = torch.full((src.shape[0], 1), BOS_ID, dtype=torch.int64, device=src.device)  # (B, 1)
+        done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
+        for _ in range(max_len):
+            nxt = self.decode(tgt, memory, src)[:, -1].argmax(dim=-1)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, self.config.pad_id), nxt)
+            tgt = torch.cat([tgt, nxt[:, None]], dim=1)
+            done |= nxt == EOS_ID
+            if bool(done.all()):
+                break
+        return tgt[:, 1:]
 
 
 def to_torch_transformer(params, config):
