@@ -2,20 +2,24 @@
 the one `model.fit` calls, on scratch/runs.py's batches.
 
 It starts from scratch's initial weights; its optimizer is Keras's own Adam and its noise comes
-from the model's `Sampling` layer (keras.random with a seed), so its trajectory is its own, not
-scratch's: the torch and tensorflow trainers are the ones checked step for step. Checkpoints keep
-the weights in the scratch layout, plus Keras's optimizer variables and sampling seed, so a
-run resumes exactly.
+from the model's own layers (keras.random with a seed: the VAE's `Sampling`, the GAN's noise, the
+Transformer's Dropout), so its trajectory is its own, not scratch's: the torch and tensorflow
+trainers are the ones checked step for step. Checkpoints keep the weights in the scratch layout,
+plus Keras's optimizer variables and random-seed states, so a run resumes exactly.
 """
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from ports.keras.gan import from_keras_gan, to_keras_gan
+from ports.keras.transformer import TransformerSchedule, from_keras_translator, to_keras_translator, translate
 from ports.keras.vae import from_keras_vae, to_keras_vae
+from scratch import encoder_decoder as M
 from scratch import gan as G
 from scratch import vae as V
 from scratch.train import GANTrainer, VAETrainer
+from scratch.translation import TransformerTrainer
 
 
 class KerasVAETrainer(VAETrainer):
@@ -103,4 +107,66 @@ class KerasGANTrainer(GANTrainer):
         self.model.seed_generator.state.assign(arrays["optim.keras.seed"])
 
 
-TRAINERS = {"vae": KerasVAETrainer, "gan": KerasGANTrainer}
+class KerasTransformerTrainer(TransformerTrainer):
+    """The `Translator` keras.Model trained by its own train_step (what fit runs), one batch per step,
+    with keras.optimizers.Adam(β = (0.9, 0.98), ε = 1e-9) on `TransformerSchedule` (Eq. 3 × lr_factor).
+
+    Same initial weights, batches, schedule and loss as scratch; Keras's Adam and Keras's dropout
+    masks (each Dropout layer's seed generator) make the trajectory its own.
+
+    A batch's shape varies with its sentences' lengths. `train_on_batch` would trace fit's train
+    function anew for the first shapes it meets (and again after a resume), seconds each, and
+    steps run in differently traced graphs round differently, which breaks an exact resume. So the
+    model's train_step runs in one tf.function whose signature leaves B, S and T open: one graph
+    for every batch, in an unbroken run and in a resumed one alike.
+    """
+
+    IMPLEMENTATION, OPTIMIZER = "keras", "keras.optimizers.Adam"
+
+    def _build(self, params):
+        self.model = to_keras_translator(params, self.model_config, seed=self.seed)
+        beta_1, beta_2 = self.BETAS
+        schedule = TransformerSchedule(self.model_config.d_model, self.warmup, self.lr_factor)
+        self.model.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=beta_1, beta_2=beta_2, epsilon=self.EPS),
+                           label_smoothing=self.label_smoothing)
+        ids = tf.TensorSpec((None, None), tf.int64)
+        # (autograph off: train_step has no tensor-dependent Python control flow, and converting it is slow)
+        self._train_step = tf.function(lambda src, tgt_in, tgt_out: self.model.train_step(((src, tgt_in), tgt_out)),
+                                       input_signature=[ids, ids, ids], autograph=False)
+
+    def _step(self, src, tgt_in, tgt_out, step):
+        # the optimizer counts its own updates: after step − 1 of them the schedule gives rate(step)
+        self.model.reset_metrics()  # the loss reported is this batch's, not a running mean
+        logs = self._train_step(*(tf.constant(a, tf.int64) for a in (src, tgt_in, tgt_out)))
+        return float(logs["loss"])
+
+    def logits(self, src, tgt_in):
+        return np.asarray(self.model((src, tgt_in), training=False))
+
+    def translate_ids(self, src):
+        return translate(self.model, src)
+
+    def numpy_params(self):
+        return from_keras_translator(self.model)
+
+    def _seed_generators(self):
+        layers = [self.model.embed_dropout] + [layer.dropout for layer in self.model.encoder_layers + self.model.decoder_layers]
+        return [layer.seed_generator for layer in layers if hasattr(layer, "seed_generator")]  # none at rate 0
+
+    def state(self):
+        arrays = {**self.numpy_params(), **self.vocab_arrays()}
+        for i, variable in enumerate(self.model.optimizer.variables):
+            arrays[f"optim.keras.{i}"] = np.asarray(variable.numpy())
+        for i, generator in enumerate(self._seed_generators()):
+            arrays[f"optim.keras.seed.{i}"] = np.asarray(generator.state.numpy())
+        return arrays
+
+    def load_state(self, arrays):
+        self._build({name: arrays[name] for name in M.parameter_shapes(self.model_config)})
+        for i, variable in enumerate(self.model.optimizer.variables):
+            variable.assign(arrays[f"optim.keras.{i}"])
+        for i, generator in enumerate(self._seed_generators()):
+            generator.state.assign(arrays[f"optim.keras.seed.{i}"])
+
+
+TRAINERS = {"vae": KerasVAETrainer, "gan": KerasGANTrainer, "transformer": KerasTransformerTrainer}

@@ -569,18 +569,19 @@ class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
     calls its schedule with the number of updates made so far, 0 before the first, so step is that
     count + 1 and the first update takes rate(1), as in scratch. (A schedule that took the count
     itself as the step would give the first update rate 0.) Computed in float32, as Keras keeps rates.
+    `factor` scales the whole curve (scratch/translation.py's lr_factor).
     """
 
-    def __init__(self, d_model, warmup):
+    def __init__(self, d_model, warmup, factor=1.0):
         transformer_schedule(d_model, warmup)  # scratch's checks of both arguments
-        self.d_model, self.warmup = int(d_model), int(warmup)
+        self.d_model, self.warmup, self.factor = int(d_model), int(warmup), float(factor)
 
     def __call__(self, iterations):
         step = ops.cast(iterations, "float32") + 1.0  # the paper's step_num
-        return self.d_model**-0.5 * ops.minimum(ops.rsqrt(step), step * self.warmup**-1.5)
+        return self.factor * self.d_model**-0.5 * ops.minimum(ops.rsqrt(step), step * self.warmup**-1.5)
 
     def get_config(self):
-        return {"d_model": self.d_model, "warmup": self.warmup}
+        return {"d_model": self.d_model, "warmup": self.warmup, "factor": self.factor}
 
 
 def translate(model, src, max_len=None):
