@@ -197,6 +197,9 @@ def test_schedule_is_eq_3_and_the_first_update_takes_rate_1():
         taken.append(float((before - weight.numpy())[0]))
     assert_close(np.array(taken), np.array([transformer_schedule(16, 10)(k) for k in (1, 2, 3)]),
                  impl="keras SGD with TransformerSchedule", what="the first three step sizes", dtype=np.float32)
+    scaled = port.TransformerSchedule(16, 10, factor=2.5)  # the trainers' lr_factor
+    assert_close(np.float64(scaled(4)), np.float64(2.5 * transformer_schedule(16, 10)(5)), impl="keras TransformerSchedule",
+                 what="rate × factor", dtype=np.float32)
     with pytest.raises(ValueError, match="warmup must be a positive int, got 0"):
         port.TransformerSchedule(16, 0)
 
