@@ -91,6 +91,20 @@ LAYERS += pair("layers", "leaky_relu", by_dtype(_elementwise), ("x", "negative_s
 LAYERS += pair("layers", "tanh", by_dtype(_elementwise), ("x",), {"y": (0,)}, "dout", {"dx": ()}, "dx")
 LAYERS += pair("layers", "sigmoid", by_dtype(_elementwise), ("x",), {"y": (0,)}, "dout", {"dx": ()}, "dx")
 
+
+@st.composite
+def _embedding(draw, dtype):
+    """ids (...) into a (V, D) table with V ≠ D; ids always repeat, as a sentence's tokens do, so a
+    dtable that keeps one gradient per row instead of their sum shows."""
+    v, d = draw(S.distinct_pair(1, 5), label="V, D")
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=2, max_side=4).filter(lambda s: np.prod(s) > 1), label="ids shape")
+    ids = draw(hnp.arrays(np.int64, shape, elements=st.integers(0, v - 1)), label="ids")
+    ids.flat[-1] = ids.flat[0]  # at least one id twice
+    return {"ids": ids, "table": draw(S.floats(dtype, (v, d))), "dout": draw(S.floats(dtype, (*shape, d)))}
+
+
+LAYERS += pair("layers", "embedding", by_dtype(_embedding), ("ids", "table"), {"y": (0,)}, "dout", {"dtable": ()}, "dtable")
+
 # ----------------------------------------------------------------------------------------------
 # attention
 # ----------------------------------------------------------------------------------------------
@@ -215,18 +229,88 @@ GAN += [
 ]
 
 # ----------------------------------------------------------------------------------------------
+# transformer
+# ----------------------------------------------------------------------------------------------
+
+# t = 0 and d_model = 0 give empty arrays; an odd d_model has one more sin column than cos columns.
+_positions = st.tuples(st.integers(0, 8), st.integers(0, 8)).map(lambda td: {"t": td[0], "d_model": td[1], "dtype": "float64"})
+
+
+def _layer_norm(dtype):
+    return S.layer_norm_cases(dtype).map(lambda c: c._asdict())
+
+
+def _feed_forward(dtype):
+    return S.feed_forward_cases(dtype).map(lambda c: c._asdict())
+
+
+def _encoder_layer(dtype):
+    return S.encoder_layer_cases(dtype).map(lambda c: c._asdict())
+
+
+def _decoder_layer(dtype):
+    return S.decoder_layer_cases(dtype).map(lambda c: c._asdict())
+
+
+def _cross_entropy(dtype):
+    """One case in four has every target ignored (loss 0, gradient 0, not 0/0); logits of order 1, or
+    of order 1000, where exp overflows unless the maximum is subtracted."""
+    return st.tuples(st.sampled_from([False, False, False, True]).flatmap(lambda all_ignored: S.cross_entropy_cases(
+        dtype, all_ignored=all_ignored)), st.sampled_from([1.0, 1000.0])).map(
+        lambda cs: {**cs[0]._asdict(), "logits": cs[0].logits * np.asarray(cs[1], dtype)})
+
+
+TRANSFORMER = [Task("positional_encoding", "transformer", _positions,
+                    Forward("positional_encoding", ("t", "d_model"), {"pe": ()}), "a (t, d_model) array")]
+TRANSFORMER += pair("transformer", "layer_norm", by_dtype(_layer_norm), ("x", "gamma", "beta"), {"y": (0,)}, "dout",
+                    {"dx": (0,), "dgamma": (1,), "dbeta": (2,)}, "(dx, dgamma, dbeta)")
+TRANSFORMER += pair("transformer", "feed_forward", by_dtype(_feed_forward), ("x", "params"), {"y": (0,)}, "dout",
+                    {"dx": (0,), "grads": (1,)}, "(dx, grads)")
+TRANSFORMER += pair("transformer", "encoder_layer", by_dtype(_encoder_layer), ("x", "params", "num_heads", "mask", "norm_first"),
+                    {"y": (0,)}, "dout", {"dx": (0,), "grads": (1,)}, "(dx, grads)")
+TRANSFORMER += pair("transformer", "decoder_layer", by_dtype(_decoder_layer),
+                    ("y", "memory", "params", "num_heads", "self_mask", "memory_mask", "norm_first"), {"out": (0,)}, "dout",
+                    {"dy": (0,), "dmemory": (1,), "grads": (2,)}, "(dy, dmemory, grads)")
+TRANSFORMER += pair("transformer", "cross_entropy", by_dtype(_cross_entropy),
+                    ("logits", "targets", "label_smoothing", "ignore_index"), {"loss": (0,)}, "dloss", {"dlogits": ()}, "dlogits")
+
+# ----------------------------------------------------------------------------------------------
+# decoding
+# ----------------------------------------------------------------------------------------------
+
+
+@st.composite
+def _decoder_step(draw, dtype):
+    """A tiny model and a decoding state after 0 to T − 1 steps of the reference (its key/value
+    cache filled that far), and the next token of every row: the step must attend over the cache."""
+    from scratch.decoding import decoder_step, start_decoding
+
+    case = draw(S.transformer_cases(dtype))
+    steps = draw(st.integers(0, case.tgt_in.shape[1] - 1), label="steps already decoded")
+    state = start_decoding(case.src, case.params, case.config)
+    for j in range(steps):
+        decoder_step(case.tgt_in[:, j], state, case.params, case.config)
+    return {"tokens": case.tgt_in[:, steps], "state": state, "params": case.params, "config": case.config}
+
+
+DECODING = [Task("decoder_step", "decoding", by_dtype(_decoder_step),
+                 Forward("decoder_step", ("tokens", "state", "params", "config"), {"logits": ()}), "logits (N, V)")]
+
+# ----------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------
 
-TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE, "gan": GAN}
+TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE, "gan": GAN, "transformer": TRANSFORMER, "decoding": DECODING}
 
-# topic → the modules it hands out, in the order a student works through them. A topic whose
-# module does not exist yet in scratch/ (transformer) is refused with a clear message.
+# topic → the modules it hands out, in the order a student works through them; the scratch
+# modules these import are handed out too (transformer's decoding brings encoder_decoder, the
+# whole model, which has nothing to write). A topic whose module does not exist yet in scratch/,
+# or has no entries here, is refused with a clear message.
 TOPICS = {
     "attention": ("layers", "attention"),
     "vae": ("layers", "vae"),
     "gan": ("layers", "gan"),
-    "transformer": ("layers", "attention", "transformer"),
+    "transformer": ("layers", "attention", "transformer", "decoding"),
 }
 
 
