@@ -431,7 +431,8 @@ def decoder_layer_cases(draw, dtype, norm_first=None):
         norm_first = draw(st.booleans(), label="norm_first")
     y = spread_rows(draw(floats(dtype, (b, t, d), bound=2.0)))
     memory = draw(floats(dtype, (b, s, d), bound=2.0))
-    return DecoderLayerCase(y, memory, params, num_heads, self_mask, memory_mask, norm_first, draw(floats(dtype, (b, t, d))))
+    dout = draw(floats(dtype, (b, t, d)))
+    return DecoderLayerCase(y, memory, params, num_heads, self_mask, memory_mask, norm_first, dout)
 
 
 class CrossEntropyCase(NamedTuple):

@@ -72,7 +72,8 @@ def _sinusoids(t, d_model, dtype):
     sin, cos = tf.sin(angle), tf.cos(angle[:, : d_model // 2])  # an odd d has one fewer cos column
     if d_model % 2:
         cos = tf.concat([cos, tf.zeros_like(sin[:, :1])], axis=1)
-    pe = tf.reshape(tf.stack([sin, cos], axis=2), (tf.shape(sin)[0], 2 * sin.shape[1]))[:, :d_model]  # interleave: sin, cos, …
+    # interleave the columns: sin, cos, sin, cos, …
+    pe = tf.reshape(tf.stack([sin, cos], axis=2), (tf.shape(sin)[0], 2 * sin.shape[1]))[:, :d_model]
     return tf.cast(pe, dtype)  # (t, D)
 
 

@@ -508,7 +508,8 @@ def to_torch_transformer(params, config):
     with torch.no_grad():
         module.src_embed.weight.copy_(t("src_embed"))
         module.tgt_embed.weight.copy_(t("tgt_embed"))  # also the output weight when tied
-        stacks = (("enc", module.transformer.encoder, ENCODER_ATTENTIONS), ("dec", module.transformer.decoder, DECODER_ATTENTIONS))
+        stacks = (("enc", module.transformer.encoder, ENCODER_ATTENTIONS),
+                  ("dec", module.transformer.decoder, DECODER_ATTENTIONS))
         for stack, torch_stack, attentions in stacks:
             for i, layer in enumerate(torch_stack.layers):
                 _copy_into(layer, prefixed(params, f"{stack}.{i}."), attentions)
@@ -533,7 +534,8 @@ def from_torch_transformer(module):
         for i, layer in enumerate(torch_stack.layers):
             params.update({f"{stack}.{i}.{k}": v for k, v in _copy_out(layer, attentions, names).items()})
         if config.norm_first:
-            params[f"{stack}.ln.gamma"], params[f"{stack}.ln.beta"] = copy(torch_stack.norm.weight), copy(torch_stack.norm.bias)
+            params[f"{stack}.ln.gamma"] = copy(torch_stack.norm.weight)
+            params[f"{stack}.ln.beta"] = copy(torch_stack.norm.bias)
     if not config.tie_output:
         params["out.W"] = copy(module.out.weight.T)  # (D, V)
     return {name: params[name] for name in parameter_shapes(config)}
