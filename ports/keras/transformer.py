@@ -488,6 +488,7 @@ class Translator(keras.Model):
         self.enc_norm, self.dec_norm = (norm("enc_norm"), norm("dec_norm")) if config.norm_first else (None, None)
         self.out = None if config.tie_output else keras.layers.Dense(config.tgt_vocab, dtype=dtype, name="out")
         self.label_smoothing = 0.0
+        self._compiled_step = None  # translate's decoder step, traced on first use
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
         self.build()
@@ -523,6 +524,21 @@ class Translator(keras.Model):
         if self.out is None:  # §3.4: the output projection shares the target embedding's weights
             return ops.matmul(y, ops.transpose(self.tgt_embed.embedding.embeddings)) + self.out_bias  # (B, T, V)
         return self.out(y)  # (B, T, V)
+
+    def next_token_logits(self, tgt, memory, src_mask, compiled=True):
+        """logits (B, V) for the position after the prefix tgt (B, t): one step of greedy decoding.
+
+        compiled: run it as one tf.function whose signature leaves B, t and S open (traced once,
+        then several times faster than the layers called eagerly one by one).
+        """
+        if not compiled:
+            return self.decode(tgt, memory, src_mask)[:, -1]
+        if self._compiled_step is None:
+            ids, dtype = tf.TensorSpec((None, None), tf.int64), tf.as_dtype(self.compute_dtype)
+            signature = [ids, tf.TensorSpec((None, None, self.config.d_model), dtype), tf.TensorSpec((None, None), tf.bool)]
+            self._compiled_step = tf.function(lambda *args: self.decode(*args)[:, -1], input_signature=signature,
+                                              autograph=False)
+        return self._compiled_step(tf.constant(tgt, tf.int64), memory, src_mask)
 
     def call(self, inputs, training=None):
         src, tgt_in = inputs
@@ -584,13 +600,14 @@ class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"d_model": self.d_model, "warmup": self.warmup, "factor": self.factor}
 
 
-def translate(model, src, max_len=None):
+def translate(model, src, max_len=None, compiled=True):
     """Greedy decoding with a Translator: (B, S) source ids → (B, L) target ids, L ≤ max_len.
 
     scratch/decoding.py's greedy_decode: every row starts at BOS and takes the argmax token at each
     step; a row stops at its EOS (kept) and is padded after it; decoding ends when every row has
     stopped. The encoder runs once; each step re-runs the decoder on the whole prefix (Keras's
-    MultiHeadAttention keeps no key/value cache), as greedy_decode(use_cache=False) does.
+    MultiHeadAttention keeps no key/value cache), as greedy_decode(use_cache=False) does, in one
+    traced tf.function unless compiled=False (`Translator.next_token_logits`).
     """
     config = model.config
     src = check_tokens("src", src, config, config.src_vocab)
@@ -599,7 +616,7 @@ def translate(model, src, max_len=None):
     tgt = np.full((src.shape[0], 1), BOS_ID)  # (B, 1)
     done = np.zeros(src.shape[0], bool)
     for _ in range(max_len):
-        logits = ops.convert_to_numpy(model.decode(tgt, memory, src_mask))[:, -1]  # (B, V)
+        logits = ops.convert_to_numpy(model.next_token_logits(tgt, memory, src_mask, compiled))  # (B, V)
         nxt = np.where(done, config.pad_id, logits.argmax(axis=-1))  # (B,)
         tgt = np.concatenate([tgt, nxt[:, None]], axis=1)
         done |= nxt == EOS_ID
