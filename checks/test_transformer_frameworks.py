@@ -182,6 +182,30 @@ def test_torch_eval_fast_path_zeroes_the_memory_at_padding_and_the_logits_still_
     assert_close(logits, M.transformer_forward(src, tgt_in, params, config)[0], impl="torch", what="logits (eval mode)")
 
 
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
+def test_torch_with_a_source_made_only_of_padding(norm_first):
+    """Every attention over that source has no key. scratch returns 0 for such a query (DESIGN.md), and
+    torch's attention does too in train mode: the logits agree. In eval mode without gradients a
+    pre-norm encoder's fused fast path returns NaN instead (pinned here, as TorchTransformer says)."""
+    torch = pytest.importorskip("torch")
+    port = require("torch", "transformer")
+    config = M.TransformerConfig(src_vocab=7, tgt_vocab=6, d_model=4, num_heads=2, d_ff=6, num_layers=2, max_len=5,
+                                 norm_first=norm_first)
+    params = M.init_transformer(config, np.random.default_rng(0))
+    src, tgt_in = np.array([[0, 0, 0], [3, 4, 0]]), np.array([[1, 2], [1, 3]])
+    expected, _ = M.transformer_forward(src, tgt_in, params, config)
+    module = port.to_torch_transformer(params, config)
+    with torch.no_grad():
+        train = module.train()(torch.from_numpy(src), torch.from_numpy(tgt_in)).numpy()
+        evaluated = module.eval()(torch.from_numpy(src), torch.from_numpy(tgt_in)).numpy()
+    assert_close(train, expected, impl="TorchTransformer", what="logits (train mode)")
+    assert_close(evaluated[1], expected[1], impl="TorchTransformer", what="logits of the real source (eval mode)")
+    if norm_first:
+        assert np.isnan(evaluated[0]).all(), "torch's pre-norm fast path no longer returns NaN here: update the docs"
+    else:
+        assert_close(evaluated[0], expected[0], impl="TorchTransformer", what="logits of the padding (eval mode)")
+
+
 # ----------------------------------------------------------------------------------------------
 # Layer norm and the cross-entropy against torch.nn.functional
 # ----------------------------------------------------------------------------------------------

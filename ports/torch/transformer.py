@@ -413,7 +413,8 @@ class TorchTransformer(nn.Module):
     Masks. torch's boolean masks mean True = *blocked*, ours True = may attend, so each is
     the complement of scratch's: src_key_padding_mask = memory_key_padding_mask = (src == pad)
     (scratch: source_mask = src != pad), tgt_mask = ~causal_mask(T) (True above the diagonal).
-    A source made only of padding leaves its queries no key: scratch returns 0 there, torch NaN.
+    A source made only of padding leaves every query no key: scratch's attention returns 0 there,
+    and so does torch's in train mode; in eval mode a pre-norm encoder's fused layers return NaN.
 
     Evaluation mode. With `module.eval()` and no gradient recorded, nn.TransformerEncoder takes
     its "fast path": a post-norm stack given a padding mask packs the batch into a nested
