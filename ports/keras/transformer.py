@@ -469,7 +469,10 @@ class Translator(keras.Model):
     arrays: `train_step` minimises scratch's cross-entropy with smoothing ε and ignore_index =
     config.pad_id, and reports `loss` and `accuracy` (the share of non-padding targets predicted).
     Pre-norm ends each stack with one more LayerNormalization; with `config.tie_output` the output
-    projection is the target embedding transposed, plus a bias of its own.
+    projection is the target embedding transposed, plus a bias of its own. `config.dropout` acts where
+    scratch's does (after the embeddings and on every sub-layer's output), through Keras Dropout layers
+    seeded from `seed`: Keras's own masks, not NumPy's. Weights move in and out through
+    to_keras_translator / from_keras_translator (checkpoints are scratch's .npz, not model.save).
     """
 
     def __init__(self, config, dtype="float32", seed=None, **kwargs):
