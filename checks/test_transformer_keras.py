@@ -28,8 +28,10 @@ from scratch.optim import transformer_schedule
 
 pytestmark = pytest.mark.transformer
 
-VARIANTS = {"post-norm": dict(norm_first=False, tie_output=False), "pre-norm": dict(norm_first=True, tie_output=False),
-            "post-norm-tied": dict(norm_first=False, tie_output=True), "pre-norm-tied": dict(norm_first=True, tie_output=True)}
+VARIANTS = {"post-norm": dict(norm_first=False, tie_output=False),
+            "pre-norm": dict(norm_first=True, tie_output=False),
+            "post-norm-tied": dict(norm_first=False, tie_output=True),
+            "pre-norm-tied": dict(norm_first=True, tie_output=True)}
 
 
 def keras_port():
@@ -90,12 +92,15 @@ def test_translator_holds_scratch_weights_and_computes_scratch_logits(dtype, var
     back = port.from_keras_translator(model)
     assert list(back) == list(params), f"from_keras_translator gives {list(back)}, expected {list(params)}"
     for name, value in params.items():
-        assert back[name].dtype == value.dtype and np.array_equal(back[name], value), f"keras: {name} changed on the round trip"
+        assert back[name].dtype == value.dtype and np.array_equal(back[name], value), \
+            f"keras: {name} changed on the round trip"
     for src, tgt_in in batches(config):
         logits = np.asarray(model((src, tgt_in)))
-        assert logits.dtype == np.dtype(dtype), f"keras Translator: logits are {logits.dtype}, weights {np.dtype(dtype)}"
+        assert logits.dtype == np.dtype(dtype), \
+            f"keras Translator: logits are {logits.dtype}, weights {np.dtype(dtype)}"
         expected, _ = M.transformer_forward(src, tgt_in, params, config)
-        assert_close(logits, expected, impl="keras Translator", what=f"{variant} logits for src {src.shape}, tgt {tgt_in.shape}")
+        assert_close(logits, expected, impl="keras Translator",
+                     what=f"{variant} logits for src {src.shape}, tgt {tgt_in.shape}")
 
 
 @pytest.mark.parametrize("variant", ["post-norm", "pre-norm-tied"])
@@ -133,7 +138,8 @@ def test_a_source_of_only_padding_is_where_keras_differs():
     logits, (expected, _) = np.asarray(model((src, tgt_in))), M.transformer_forward(src, tgt_in, params, config)
     assert_close(logits[0], expected[0], impl="keras Translator", what="logits of a source with tokens")
     gap = np.abs(logits[1] - expected[1]).max()
-    assert gap > 1e-3, f"an all-padding source gave scratch's logits (max difference {gap:.2g}): Keras no longer averages V?"
+    assert gap > 1e-3, \
+        f"an all-padding source gave scratch's logits (max difference {gap:.2g}): Keras no longer averages V?"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,8 +204,8 @@ def test_schedule_is_eq_3_and_the_first_update_takes_rate_1():
     assert_close(np.array(taken), np.array([transformer_schedule(16, 10)(k) for k in (1, 2, 3)]),
                  impl="keras SGD with TransformerSchedule", what="the first three step sizes", dtype=np.float32)
     scaled = port.TransformerSchedule(16, 10, factor=2.5)  # the trainers' lr_factor
-    assert_close(np.float64(scaled(4)), np.float64(2.5 * transformer_schedule(16, 10)(5)), impl="keras TransformerSchedule",
-                 what="rate × factor", dtype=np.float32)
+    assert_close(np.float64(scaled(4)), np.float64(2.5 * transformer_schedule(16, 10)(5)),
+                 impl="keras TransformerSchedule", what="rate × factor", dtype=np.float32)
     with pytest.raises(ValueError, match="warmup must be a positive int, got 0"):
         port.TransformerSchedule(16, 0)
 
@@ -254,7 +260,8 @@ def test_fit_with_sgd_takes_the_steps_scratch_gradients_say():
         assert_close(value, params[name], impl="keras fit", what=f"{name} after {epochs} SGD steps")
 
 
-@pytest.mark.parametrize("dtype,variant,compiled", [(np.float64, "post-norm", True), (np.float32, "pre-norm-tied", False)],
+@pytest.mark.parametrize("dtype,variant,compiled",
+                         [(np.float64, "post-norm", True), (np.float32, "pre-norm-tied", False)],
                          ids=["float64-post-norm-compiled", "float32-pre-norm-tied-eager"])
 def test_translate_is_scratch_greedy_decoding(dtype, variant, compiled):
     """translate(model, src) = greedy_decode(src, params, config), with rows that stop at EOS and rows that
@@ -275,9 +282,11 @@ def test_translate_is_scratch_greedy_decoding(dtype, variant, compiled):
         expected = greedy_decode(src, params, config, max_len=max_len)
         ids = port.translate(model, src, max_len=max_len, compiled=compiled)
         assert ids.shape == expected.shape and np.array_equal(ids, expected), \
-            f"keras translate ({variant}, compiled={compiled}, max_len={max_len}) gave\n{ids}\nscratch's greedy_decode\n{expected}"
+            f"keras translate ({variant}, compiled={compiled}, max_len={max_len}) gave\n{ids}\n" \
+            f"scratch's greedy_decode\n{expected}"
     opened = expected[:, 0] == EOS_ID  # these rows stopped at once and were padded while the others went on
-    assert opened.any() and not opened.all(), f"every row or no row of\n{expected}\nopens with EOS: the case proves less"
+    assert opened.any() and not opened.all(), \
+        f"every row or no row of\n{expected}\nopens with EOS: the case proves less"
     with pytest.raises(ValueError, match=r"src must be a \(B, T\) integer array"):
         port.translate(model, src.astype(np.float64))
 
@@ -294,14 +303,16 @@ def test_fit_with_adam_and_the_warm_up_learns_to_copy():
     keras.utils.set_random_seed(0)
     model = port.Translator(config, seed=0)
     before = float(port.masked_cross_entropy(tgt_out, model((src, tgt_in)), 0.1))
-    optimizer = keras.optimizers.Adam(port.TransformerSchedule(config.d_model, 80), beta_1=0.9, beta_2=0.98, epsilon=1e-9)
+    schedule = port.TransformerSchedule(config.d_model, 80)
+    optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
     model.compile(optimizer=optimizer, label_smoothing=0.1)
     history = model.fit((src, tgt_in), tgt_out, epochs=5, batch_size=32, shuffle=False, verbose=0).history
     after = float(port.masked_cross_entropy(tgt_out, model((src, tgt_in)), 0.1))
     assert after < 0.5 * before and history["accuracy"][-1] > 0.8, \
         f"keras fit on the copy task: loss {before:.3f} → {after:.3f}, accuracy {history['accuracy']}"
     new_src, _, new_out = copy_pairs(config, np.random.default_rng(1), 32)
-    copied = np.mean([np.array_equal(row[: len(ref)], ref) for row, ref in zip(port.translate(model, new_src, compiled=False), new_out)])
+    translated = port.translate(model, new_src, compiled=False)
+    copied = np.mean([np.array_equal(row[: len(ref)], ref) for row, ref in zip(translated, new_out)])
     assert copied > 0.6, f"keras translate copied {copied:.0%} of 32 new sequences exactly after training"
 
 

@@ -150,7 +150,8 @@ class KerasTransformerTrainer(TransformerTrainer):
         return from_keras_translator(self.model)
 
     def _seed_generators(self):
-        layers = [self.model.embed_dropout] + [layer.dropout for layer in self.model.encoder_layers + self.model.decoder_layers]
+        stacks = self.model.encoder_layers + self.model.decoder_layers
+        layers = [self.model.embed_dropout] + [layer.dropout for layer in stacks]
         return [layer.seed_generator for layer in layers if hasattr(layer, "seed_generator")]  # none at rate 0
 
     def state(self):

@@ -28,8 +28,9 @@ import tensorflow as tf
 from keras import ops
 
 from ports.keras.attention import Cache, _attention, _gradients, _watched, merge_heads, split_heads
-from ports.transformer_checks import (check_cross_entropy_inputs, check_feed_forward_inputs, check_layer_norm_inputs,
-                                      check_positional_encoding_args, check_transformer_params)
+from scratch.encoder_decoder import check_transformer_params
+from scratch.validate import (check_cross_entropy_inputs, check_feed_forward_inputs, check_layer_norm_inputs,
+                              check_positional_encoding_args)
 from scratch.attention import causal_mask
 from scratch.decoding import BOS_ID, EOS_ID
 from scratch.encoder_decoder import TransformerConfig, check_tokens, init_transformer, parameter_shapes, source_mask
@@ -223,7 +224,8 @@ def decoder_layer_forward(y, memory, params, num_heads, self_mask=None, memory_m
     y = _check_sequence("y", y)
     memory = _check_sequence("memory", memory, y.shape[2])
     if memory.shape[0] != y.shape[0]:
-        raise ValueError(f"memory must have shape (B={y.shape[0]}, S, D) to match y {y.shape}, got shape {memory.shape}")
+        raise ValueError(f"memory must have shape (B={y.shape[0]}, S, D) to match y {y.shape}, "
+                         f"got shape {memory.shape}")
     _check_layer_params(params, DECODER_LAYER_NAMES, y.shape[2])
     check_same_dtype(y=y, memory=memory, **{k.replace(".", "_"): params[k] for k in DECODER_LAYER_NAMES})
     _, _, _, self_mask = check_multi_head_attention_inputs(y, y, prefixed(params, "self_attn."), num_heads, self_mask)
@@ -372,8 +374,9 @@ class PositionalEmbedding(keras.layers.Layer):
     def __init__(self, vocab_size, d_model, pad_id=0, **kwargs):
         super().__init__(**kwargs)
         self.d_model, self.pad_id = d_model, pad_id
-        self.embedding = keras.layers.Embedding(vocab_size, d_model, dtype=self.dtype_policy, name="embedding",
-                                                embeddings_initializer=keras.initializers.RandomNormal(stddev=d_model**-0.5))
+        initializer = keras.initializers.RandomNormal(stddev=d_model**-0.5)
+        self.embedding = keras.layers.Embedding(vocab_size, d_model, embeddings_initializer=initializer,
+                                                dtype=self.dtype_policy, name="embedding")
 
     def build(self, input_shape=None):
         self.embedding.build((None, None))
@@ -433,8 +436,9 @@ class TransformerDecoder(keras.layers.Layer):
         self.supports_masking = True
         self.d_model, self.d_ff, self.norm_first = d_model, d_ff, norm_first
         dtype = self.dtype_policy
-        mha = lambda name: keras.layers.MultiHeadAttention(num_heads, d_model // num_heads, dtype=dtype, name=name)  # noqa: E731
-        self.self_attention, self.cross_attention = mha("self_attention"), mha("cross_attention")
+        self.self_attention, self.cross_attention = (
+            keras.layers.MultiHeadAttention(num_heads, d_model // num_heads, dtype=dtype, name=name)
+            for name in ("self_attention", "cross_attention"))
         self.norms = [keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype, name=f"ln{i}") for i in (1, 2, 3)]
         self.ff1 = keras.layers.Dense(d_ff, activation="relu", dtype=dtype, name="ff1")
         self.ff2 = keras.layers.Dense(d_model, dtype=dtype, name="ff2")
@@ -481,12 +485,15 @@ class Translator(keras.Model):
         seed_of = lambda i: None if seed is None else seed + i  # noqa: E731, each Dropout draws its own masks
         layer = dict(d_model=config.d_model, num_heads=config.num_heads, d_ff=config.d_ff, dropout=config.dropout,
                      norm_first=config.norm_first, dtype=dtype)
-        self.src_embed = PositionalEmbedding(config.src_vocab, config.d_model, config.pad_id, dtype=dtype, name="src_embed")
-        self.tgt_embed = PositionalEmbedding(config.tgt_vocab, config.d_model, config.pad_id, dtype=dtype, name="tgt_embed")
+        d, pad = config.d_model, config.pad_id
+        self.src_embed = PositionalEmbedding(config.src_vocab, d, pad, dtype=dtype, name="src_embed")
+        self.tgt_embed = PositionalEmbedding(config.tgt_vocab, d, pad, dtype=dtype, name="tgt_embed")
         self.embed_dropout = keras.layers.Dropout(config.dropout, seed=seed_of(0), dtype=dtype)
         n = config.num_layers
-        self.encoder_layers = [TransformerEncoder(**layer, seed=seed_of(1 + i), name=f"encoder_{i}") for i in range(n)]
-        self.decoder_layers = [TransformerDecoder(**layer, seed=seed_of(1 + n + i), name=f"decoder_{i}") for i in range(n)]
+        self.encoder_layers = [TransformerEncoder(**layer, seed=seed_of(1 + i), name=f"encoder_{i}")
+                               for i in range(n)]
+        self.decoder_layers = [TransformerDecoder(**layer, seed=seed_of(1 + n + i), name=f"decoder_{i}")
+                               for i in range(n)]
         norm = lambda name: keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype, name=name)  # noqa: E731
         self.enc_norm, self.dec_norm = (norm("enc_norm"), norm("dec_norm")) if config.norm_first else (None, None)
         self.out = None if config.tie_output else keras.layers.Dense(config.tgt_vocab, dtype=dtype, name="out")
@@ -538,7 +545,8 @@ class Translator(keras.Model):
             return self.decode(tgt, memory, src_mask)[:, -1]
         if self._compiled_step is None:
             ids, dtype = tf.TensorSpec((None, None), tf.int64), tf.as_dtype(self.compute_dtype)
-            signature = [ids, tf.TensorSpec((None, None, self.config.d_model), dtype), tf.TensorSpec((None, None), tf.bool)]
+            states, mask = tf.TensorSpec((None, None, self.config.d_model), dtype), tf.TensorSpec((None, None), tf.bool)
+            signature = [ids, states, mask]  # tgt (B, t), memory (B, S, D), src_mask (B, S)
             self._compiled_step = tf.function(lambda *args: self.decode(*args)[:, -1], input_signature=signature,
                                               autograph=False)
         return self._compiled_step(tf.constant(tgt, tf.int64), memory, src_mask)
@@ -679,4 +687,5 @@ def to_keras_translator(params, config, seed=None):
 def from_keras_translator(model):
     """The scratch parameter dict of a `Translator`, in parameter_shapes order (the inverse of the above)."""
     weights = _keras_weights(model)
-    return {name: np.array(weights[name].numpy()).reshape(shape) for name, shape in parameter_shapes(model.config).items()}
+    shapes = parameter_shapes(model.config)
+    return {name: np.array(weights[name].numpy()).reshape(shape) for name, shape in shapes.items()}
