@@ -32,6 +32,7 @@ from scratch.transformer import (
     positional_encoding,
     prefixed,
 )
+from scratch.validate import as_float_array, check_same_dtype, check_shape
 
 
 class TransformerConfig(NamedTuple):
@@ -94,6 +95,22 @@ def check_tokens(name, ids, config, vocab):
     if ids.size and (ids.min() < 0 or ids.max() >= vocab):
         raise ValueError(f"{name} must hold ids in [0, {vocab}), got values in [{ids.min()}, {ids.max()}]")
     return ids
+
+
+def check_transformer_params(params, config):
+    """Every name of parameter_shapes(config), floating, of its shape, all of one dtype; returns the dtype.
+
+    Checked up front, so that nothing is computed from a malformed dict (the layers would meet a
+    missing name only halfway through the forward).
+    """
+    expected = parameter_shapes(config)
+    missing = [name for name in expected if name not in params]
+    if missing:
+        raise ValueError(f"params is missing {missing}")
+    for name, shape in expected.items():
+        check_shape(f"params[{name!r}]", as_float_array(f"params[{name!r}]", params[name]), shape)
+    check_same_dtype(**{name.replace(".", "_"): np.asarray(params[name]) for name in expected})
+    return np.asarray(params["src_embed"]).dtype
 
 
 def embed_forward(ids, table, dropout, rng):
@@ -195,6 +212,7 @@ def transformer_forward(src, tgt_in, params, config, rng=None):
 
     `rng`, a np.random.Generator, turns dropout on (training); None turns it off (evaluation).
     """
+    check_transformer_params(params, config)
     src = check_tokens("src", src, config, config.src_vocab)
     tgt_in = check_tokens("tgt_in", tgt_in, config, config.tgt_vocab)
     if src.shape[0] != tgt_in.shape[0]:

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scratch.validate import as_float_array, check_ndim, check_same_dtype, check_shape
+from scratch.validate import as_float_array, check_linear_inputs, check_ndim
 
 
 class LinearCache(NamedTuple):
@@ -19,13 +19,7 @@ class LinearCache(NamedTuple):
 
 def linear_forward(x, W, b):
     """y = x W + b for row vectors x of shape (..., I), W (I, O), b (O,)."""
-    x, W, b = as_float_array("x", x), as_float_array("W", W), as_float_array("b", b)
-    check_ndim("W", W, 2, "(I, O)")
-    check_ndim("x", x, 1, "(..., I)")
-    if W.ndim != 2 or x.shape[-1] != W.shape[0]:
-        raise ValueError(f"W must have shape ({x.shape[-1]}, O) to match x {x.shape}, got shape {W.shape}")
-    check_shape("b", b, (W.shape[1],))
-    check_same_dtype(x=x, W=W, b=b)
+    x, W, b = check_linear_inputs(x, W, b)
     # BEGIN SOLUTION
     # one (N, I) @ (I, O) product over every row: NumPy would otherwise multiply the (T, I) slices one by one
     y = (x.reshape(-1, x.shape[-1]) @ W).reshape(x.shape[:-1] + (W.shape[1],))  # (..., O)

@@ -32,7 +32,16 @@ from scratch.layers import (
     relu_backward,
     relu_forward,
 )
-from scratch.validate import MHA_PARAM_NAMES, as_float_array, check_ndim, check_same_dtype, check_shape
+from scratch.validate import (
+    MHA_PARAM_NAMES,
+    as_float_array,
+    check_cross_entropy_inputs,
+    check_layer_norm_inputs,
+    check_ndim,
+    check_positional_encoding_args,
+    check_same_dtype,
+    check_shape,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Positional encoding
@@ -41,9 +50,7 @@ from scratch.validate import MHA_PARAM_NAMES, as_float_array, check_ndim, check_
 
 def positional_encoding(t, d_model, dtype=np.float64):
     """(t, d_model) sinusoids: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same)."""
-    for name, value in (("t", t), ("d_model", d_model)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    check_positional_encoding_args(t, d_model)
     # BEGIN SOLUTION
     # HINT: column pair (2i, 2i+1) shares one frequency 1/10000^(2i/d); even columns take sin, odd take cos.
     # §3.5, Vaswani et al. 2017: each pair of columns is a sinusoid of its own wavelength, from 2π to
@@ -71,11 +78,7 @@ class LayerNormCache(NamedTuple):
 
 def layer_norm_forward(x, gamma, beta, eps=1e-5):
     """LayerNorm(x) = γ ⊙ (x − μ) / √(σ² + ε) + β over the last axis (biased σ², as PyTorch)."""
-    x, gamma, beta = as_float_array("x", x), as_float_array("gamma", gamma), as_float_array("beta", beta)
-    check_ndim("x", x, 1, "(..., D)")
-    check_shape("gamma", gamma, x.shape[-1:])
-    check_shape("beta", beta, x.shape[-1:])
-    check_same_dtype(x=x, gamma=gamma, beta=beta)
+    x, gamma, beta = check_layer_norm_inputs(x, gamma, beta)
     # BEGIN SOLUTION
     # HINT: the variance divides by D, not D − 1, and ε goes inside the square root.
     # Ba et al. 2016: statistics over the features of each position, not over the batch
@@ -331,21 +334,8 @@ def cross_entropy_forward(logits, targets, label_smoothing=0.0, ignore_index=Non
     count for nothing. With nothing counted the loss is 0 and so is its gradient (not 0/0 = NaN).
     This is `torch.nn.functional.cross_entropy(..., label_smoothing=ε, ignore_index=…)`.
     """
-    logits = as_float_array("logits", logits)
-    check_ndim("logits", logits, 1, "(..., V)")
-    targets = np.asarray(targets)
-    if targets.dtype.kind not in "iu":
-        raise TypeError(f"targets must be an integer array, got dtype {targets.dtype} with shape {targets.shape}")
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets must have shape {logits.shape[:-1]} to match logits {logits.shape}, "
-                         f"got shape {targets.shape}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
+    logits, targets, counted = check_cross_entropy_inputs(logits, targets, label_smoothing, ignore_index)
     v = logits.shape[-1]
-    counted = np.ones(targets.shape, bool) if ignore_index is None else targets != ignore_index
-    bad = targets[counted & ((targets < 0) | (targets >= v))]
-    if bad.size:
-        raise ValueError(f"targets must lie in [0, V={v}) (or equal ignore_index={ignore_index}), got {np.unique(bad).tolist()}")
     # BEGIN SOLUTION
     # HINT: log-softmax with the max subtracted; smoothing mixes −log p_target with the mean of −log p_v.
     z = logits.reshape(-1, v)  # (N, V)

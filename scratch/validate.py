@@ -113,3 +113,67 @@ def check_multi_head_attention_inputs(x_q, x_kv, params, num_heads, mask):
     if mask is not None:
         mask = as_mask(mask, (b, x_q.shape[1], x_kv.shape[1]))
     return x_q, x_kv, checked, mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear maps and the Transformer's inputs: shared by scratch/layers.py, scratch/transformer.py
+# and every port, so all raise the same errors.
+# ----------------------------------------------------------------------------------------------
+
+
+def check_linear_inputs(x, W, b):
+    """x (..., I), W (I, O), b (O,), one floating dtype."""
+    x, W, b = as_float_array("x", x), as_float_array("W", W), as_float_array("b", b)
+    check_ndim("W", W, 2, "(I, O)")
+    check_ndim("x", x, 1, "(..., I)")
+    if W.ndim != 2 or x.shape[-1] != W.shape[0]:
+        raise ValueError(f"W must have shape ({x.shape[-1]}, O) to match x {x.shape}, got shape {W.shape}")
+    check_shape("b", b, (W.shape[1],))
+    check_same_dtype(x=x, W=W, b=b)
+    return x, W, b
+
+
+def check_feed_forward_inputs(x, params):
+    """x (..., D) and the two linear maps W1 b1 (D → F), W2 b2 (F → D), checked as the forward meets them."""
+    x, W1, _ = check_linear_inputs(x, params["W1"], params["b1"])
+    check_linear_inputs(np.empty(x.shape[:-1] + (W1.shape[1],), x.dtype), params["W2"], params["b2"])
+    return x
+
+
+def check_positional_encoding_args(t, d_model):
+    for name, value in (("t", t), ("d_model", d_model)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
+def check_layer_norm_inputs(x, gamma, beta):
+    """x (..., D), gamma and beta (D,), one floating dtype."""
+    x, gamma, beta = as_float_array("x", x), as_float_array("gamma", gamma), as_float_array("beta", beta)
+    check_ndim("x", x, 1, "(..., D)")
+    check_shape("gamma", gamma, x.shape[-1:])
+    check_shape("beta", beta, x.shape[-1:])
+    check_same_dtype(x=x, gamma=gamma, beta=beta)
+    return x, gamma, beta
+
+
+def check_cross_entropy_inputs(logits, targets, label_smoothing, ignore_index):
+    """logits (..., V), integer targets (...) in [0, V) unless ignored, ε in [0, 1].
+
+    Returns (logits, targets, counted), counted (...) bool: False where the target is ignored.
+    """
+    logits = as_float_array("logits", logits)
+    check_ndim("logits", logits, 1, "(..., V)")
+    targets = np.asarray(targets)
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"targets must be an integer array, got dtype {targets.dtype} with shape {targets.shape}")
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets must have shape {logits.shape[:-1]} to match logits {logits.shape}, "
+                         f"got shape {targets.shape}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
+    v = logits.shape[-1]
+    counted = np.ones(targets.shape, bool) if ignore_index is None else targets != ignore_index
+    bad = targets[counted & ((targets < 0) | (targets >= v))]
+    if bad.size:
+        raise ValueError(f"targets must lie in [0, V={v}) (or equal ignore_index={ignore_index}), got {np.unique(bad).tolist()}")
+    return logits, targets, counted

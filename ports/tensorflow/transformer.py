@@ -25,8 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 from ports.tensorflow.attention import _attention, _watched
-from ports.transformer_checks import (check_cross_entropy_inputs, check_feed_forward_inputs, check_layer_norm_inputs,
-                                      check_positional_encoding_args, check_transformer_params)
+from scratch.encoder_decoder import check_transformer_params
+from scratch.validate import (check_cross_entropy_inputs, check_feed_forward_inputs, check_layer_norm_inputs,
+                              check_positional_encoding_args)
 from scratch.decoding import BOS_ID, EOS_ID
 from scratch.encoder_decoder import TransformerConfig, check_tokens, init_transformer, parameter_shapes
 from scratch.layers import dropout_forward

@@ -26,8 +26,9 @@ from torch import nn
 
 from ports.torch.attention import (Cache, _attention, _gradients, _leaf, from_torch_multi_head_attention, merge_heads,
                                    split_heads, to_torch_multi_head_attention)
-from ports.transformer_checks import (check_cross_entropy_inputs, check_feed_forward_inputs, check_layer_norm_inputs,
-                                      check_positional_encoding_args, check_transformer_params)
+from scratch.encoder_decoder import check_transformer_params
+from scratch.validate import (check_cross_entropy_inputs, check_feed_forward_inputs, check_layer_norm_inputs,
+                              check_positional_encoding_args)
 from scratch.attention import causal_mask
 from scratch.decoding import BOS_ID, EOS_ID
 from scratch.encoder_decoder import TransformerConfig, check_tokens, init_transformer, parameter_shapes, source_mask
