@@ -166,14 +166,14 @@ def test_corpus_depends_on_the_seed(tmp_path):
     a = text.load_number_words(train=200, test=20, high=9_999, seed=1, cache_dir=tmp_path)
     b = text.load_number_words(train=200, test=20, high=9_999, seed=2, cache_dir=tmp_path)
     assert [row[0] for row in a.test] != [row[0] for row in b.test]
-    assert sorted(os.listdir(tmp_path)) == ["number-words-v1-train200-test20-high9999-seed1.tsv",
-                                            "number-words-v1-train200-test20-high9999-seed2.tsv"]
+    assert sorted(os.listdir(tmp_path)) == ["number-words-v2-train200-test20-high9999-seed1.tsv",
+                                            "number-words-v2-train200-test20-high9999-seed2.tsv"]
 
 
 def test_the_cache_is_read_on_a_second_call(corpus, cache_dir, monkeypatch):
     (name,) = os.listdir(cache_dir)  # one file, and no temporary file left behind
     with open(cache_dir / name, encoding="utf-8") as file:
-        assert file.readline() == "# number-words v1 train=50000 test=2000 high=999999 seed=0\n"
+        assert file.readline() == "# number-words v2 train=50000 test=2000 high=999999 seed=0\n"
         assert file.readline() == "0\tzero\tzéro\n"
     forbid_generation(monkeypatch)
     assert text.load_number_words(cache_dir=cache_dir) == corpus
@@ -211,7 +211,7 @@ def test_a_cache_of_other_numbers_is_regenerated(tmp_path):
 
 def test_default_cache_dir(tmp_path):
     corpus = text.load_number_words(**SMALL)  # XDG_CACHE_HOME is tmp_path / "xdg" (see private_cache)
-    assert os.listdir(tmp_path / "xdg" / "genai-from-scratch") == ["number-words-v1-train150-test30-high999-seed3.tsv"]
+    assert os.listdir(tmp_path / "xdg" / "genai-from-scratch") == ["number-words-v2-train150-test30-high999-seed3.tsv"]
     assert len(corpus.train) == 150 and len(corpus.test) == 30
 
 

@@ -212,12 +212,41 @@ def number_words(n):
     return english.lower(), _converter("fr").to_cardinal(n).lower()
 
 
+ROUNDED = 0.2  # the share of drawn numbers rounded down to whole thousands (hundreds, tens below)
+
+
 def _draw_numbers(train, test, high, seed):
-    """(train numbers, test numbers): a draw of distinct numbers from [0, high], basic ones in train."""
+    """(train numbers, test numbers): distinct numbers spread over the magnitudes, basic ones in train.
+
+    A uniform draw from [0, 999 999] is 90% six-digit numbers, and a model trained on it writes
+    "quatre-vingts" and "deux mille" badly: short and round numbers are too rare in it. So each
+    number is drawn in two steps, its digit count uniform over 1 … digits(high), then the number
+    uniform among those with that many digits; one in five is rounded down (to thousands from
+    10 000, hundreds from 1 000, tens below). Repeats are skipped. The first `test` numbers above
+    100 are held out; 0 … 100 and the rest train.
+    """
+    rng = np.random.default_rng(seed)
     basic = min(BASIC, high + 1)
-    drawn = np.random.default_rng(seed).choice(high + 1, train + test, replace=False)  # (train + test,)
-    drawn = drawn[drawn >= basic].tolist()  # the basic numbers are placed in train below, never tested
-    return list(range(basic)) + drawn[test:test + train - basic], drawn[:test]
+    needed = train + test - basic
+    seen, drawn = set(range(basic)), []
+    digits = len(str(high))
+    for _ in range(64):  # enough for any corpus up to a few percent of its range
+        d = rng.integers(1, digits + 1, size=8192)  # (8192,) digit counts
+        low = np.where(d == 1, 0, 10 ** (d - 1))
+        n = rng.integers(low, np.minimum(10**d - 1, high) + 1)  # (8192,), uniform within each digit count
+        unit = np.where(n >= 10_000, 1000, np.where(n >= 1000, 100, 10))
+        n = np.where(rng.random(n.shape) < ROUNDED, n - n % unit, n)
+        for number in n.tolist():
+            if number not in seen:
+                seen.add(number)
+                drawn.append(number)
+        if len(drawn) >= needed:
+            break
+    else:  # a corpus close to its whole range: the numbers not drawn yet, in a random order
+        rest = np.setdiff1d(np.arange(high + 1), np.fromiter(seen, int, len(seen)))
+        drawn += rng.permutation(rest).tolist()
+    drawn = drawn[:needed]
+    return list(range(basic)) + drawn[test:], drawn[:test]
 
 
 def _read_cache(path, header, numbers):
@@ -238,8 +267,8 @@ def _read_cache(path, header, numbers):
 def load_number_words(train=50_000, test=2_000, high=999_999, seed=0, cache_dir=None):
     """The corpus: `train` and `test` (number, english, french) triples of distinct numbers in [0, high].
 
-    The numbers are a draw of np.random.default_rng(seed); the first `test` ones (those above
-    100) are held out, and 0 … 100 always train. The words are cached in a TSV file under
+    The numbers are a draw of np.random.default_rng(seed), spread over the magnitudes (see
+    _draw_numbers); the first `test` ones (those above 100) are held out, and 0 … 100 always train. The words are cached in a TSV file under
     cache_dir (default $XDG_CACHE_HOME/genai-from-scratch or ~/.cache/genai-from-scratch): a
     header line, then one "number<TAB>english<TAB>french" line per pair, train then test. A
     damaged cache file is regenerated with a warning.
@@ -254,8 +283,8 @@ def load_number_words(train=50_000, test=2_000, high=999_999, seed=0, cache_dir=
         raise ValueError(f"train + test must be ≤ high + 1 = {high + 1} distinct numbers, got {train} + {test} = {train + test}")
     if cache_dir is None:
         cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "genai-from-scratch")
-    path = os.path.join(cache_dir, f"number-words-v1-train{train}-test{test}-high{high}-seed{seed}.tsv")
-    header = f"# number-words v1 train={train} test={test} high={high} seed={seed}"
+    path = os.path.join(cache_dir, f"number-words-v2-train{train}-test{test}-high{high}-seed{seed}.tsv")
+    header = f"# number-words v2 train={train} test={test} high={high} seed={seed}"
     train_numbers, test_numbers = _draw_numbers(train, test, high, seed)
     numbers = train_numbers + test_numbers
     try:
