@@ -9,6 +9,7 @@ The scratch model and the Keras port train side by side, one process each (two C
 the same split; each is scored by translating all 2,000 held-out numbers greedily.
 """
 
+import multiprocessing
 import os
 import time
 
@@ -157,7 +158,9 @@ def render(out_dir, full=False):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     _positional_encoding_figure(out_dir)
     data = load_translation_data()
-    with ProcessPoolExecutor(max_workers=2) as pool:  # a fresh process each: no framework state shared
+    # two fresh processes ("spawn", not fork: the figures before this one have started TensorFlow's
+    # and PyTorch's thread pools in this process, and a forked copy of those can hang)
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = dict(zip(("scratch", "keras"), pool.map(_train_job, ("scratch", "keras"))))
     histories = {impl: r[0] for impl, r in results.items()}
     params, config = results["scratch"][1], model_config(data)
