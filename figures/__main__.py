@@ -21,6 +21,7 @@ FIGURES = [
     "port_errors",
     "vae",
     "gan",
+    "transformer",
 ]
 
 DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))

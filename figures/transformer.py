@@ -69,7 +69,7 @@ def train(impl, steps=RUN["steps"], eval_every=RUN["eval_every"], seed=0):
 
 def _positional_encoding_figure(out_dir):
     pe = positional_encoding(64, 64)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1.2, 1], "wspace": 0.35})
     image = left.imshow(pe, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
     left.set(xlabel="column i (sin on even, cos on odd)", ylabel="position", title="PE(pos, i), D = 64")
     fig.colorbar(image, ax=left, fraction=0.04)
@@ -173,8 +173,12 @@ def render(out_dir, full=False):
     _heads_figure(params, config, data, english, out_dir)
     _curves_figure(histories, out_dir)
     numbers = {"file": "transformer_*.png"}
+    print(f"\nEnglish → French number words, {RUN['steps']} steps, the 2,000 held-out numbers translated greedily")
+    print(f"  {'implementation':<16} {'exact match':>11} {'chrF':>7} {'token acc.':>10} {'held-out loss':>13} {'training':>9}")
     for impl, (history, _, seconds) in results.items():
         final = history[-1]
-        numbers.update({f"{impl}_exact_match": final["exact_match"], f"{impl}_chrf": final["chrf"],
+        print(f"  {impl:<16} {final['exact_match']:>10.2f}% {final['chrf']:>7.2f} {final['token_accuracy']:>9.2f}% "
+              f"{final['test_loss']:>13.4f} {seconds:>8.0f}s")
+        numbers.update({f"{impl}_exact_match": round(final["exact_match"], 2), f"{impl}_chrf": round(final["chrf"], 2),
                         f"{impl}_train_seconds": seconds})
     return numbers
