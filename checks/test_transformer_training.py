@@ -119,8 +119,11 @@ def test_command_line_trains_then_translates(tmp_path, small_corpus_everywhere, 
     assert main(["translate", "97", "--checkpoint", checkpoint]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("ninety-seven → ") and "reference: quatre-vingt-dix-sept" in printed
-    with pytest.raises(SystemExit, match="bananas"):
+    with pytest.raises(SystemExit, match="bananas.*--unknown unk"):
         main(["translate", "ninety-seven", "bananas", "--checkpoint", checkpoint])
+    capsys.readouterr()
+    assert main(["translate", "ninety-seven", "bananas", "--unknown", "unk", "--checkpoint", checkpoint]) == 0
+    assert capsys.readouterr().out.startswith("ninety-seven bananas → ")
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(["translate", "one", "--checkpoint", str(tmp_path / "missing.npz")])
 

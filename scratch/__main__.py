@@ -68,6 +68,8 @@ def build_parser(prog, implementation):
     translate.add_argument("sentence", nargs="+", help="English number words, or an integer (written out for you)")
     translate.add_argument("--checkpoint", default="runs/transformer-scratch/checkpoint.npz")
     translate.add_argument("--beam", type=int, default=1, help="beam width (1: greedy)")
+    translate.add_argument("--unknown", choices=("error", "unk"), default="error",
+                           help="words the model never saw: an error that lists them (default), or <unk>")
     return parser
 
 
@@ -107,9 +109,9 @@ def run_translate(args):
     if sentence.strip().isdigit():
         sentence, reference = number_words(int(sentence))
     try:
-        french = translate(load_translator(args.checkpoint), [sentence], beam_width=args.beam)[0]
+        french = translate(load_translator(args.checkpoint), [sentence], beam_width=args.beam, unknown=args.unknown)[0]
     except ValueError as error:
-        raise SystemExit(f"cannot translate {sentence!r}: {error}")
+        raise SystemExit(f"cannot translate {sentence!r}: {error}".replace("pass unknown='unk'", "pass --unknown unk"))
     print(f"{sentence} → {french}")
     if reference is not None:
         print(f"reference: {reference} ({'exact' if french == reference else 'different'})")
