@@ -1,4 +1,5 @@
-"""Data: scikit-learn's bundled digits, MNIST IDX files already on disk, and the epoch order.
+"""Data: scikit-learn's bundled digits, MNIST IDX files already on disk, the epoch order, the 2-D
+mixtures of the GAN, and number words (num2words) for the translation corpus of scratch/text.py.
 
 Shape letters: N examples, P pixels per image (64 for the 8×8 digits, 784 for 28×28 MNIST).
 
@@ -10,6 +11,7 @@ The order in which an epoch visits the examples is a pure function of (seed, epo
 resumed from a checkpoint at epoch e sees exactly the batches the uninterrupted run would have.
 """
 
+import functools
 import gzip
 import math
 import os
@@ -268,3 +270,36 @@ def mode_coverage(samples, name):
     kept = p > 0
     reverse_kl = float(np.sum(p[kept] * np.log(p[kept] * len(centers))))
     return ModeCoverage(int(kept.sum()), float(good.mean()), reverse_kl)
+
+
+# ----------------------------------------------------------------------------------------------
+# Number words (num2words), for the English → French corpus of scratch/text.py
+# ----------------------------------------------------------------------------------------------
+
+NUMBER_LIMIT = 10**12  # number_words covers 0 … 10¹² - 1
+
+
+@functools.lru_cache(maxsize=None)
+def _converter(lang):
+    """num2words' converter for `lang`, with its table of number names cut below 10¹².
+
+    Why: num2words splits a number by scanning its whole table, from 10³⁰³ (English) or 10⁶⁰⁰
+    (French) down, at every level of the split; cut to the names below 10¹², the words of any
+    number below 10¹² are the same and come 4 to 9 times faster (checks/test_text.py compares).
+    """
+    import copy
+
+    from num2words import CONVERTER_CLASSES
+
+    converter = copy.copy(CONVERTER_CLASSES[lang])  # a shallow copy: the package's own is untouched
+    converter.cards = type(converter.cards)((k, v) for k, v in converter.cards.items() if k < NUMBER_LIMIT)
+    return converter
+
+
+def number_words(n):
+    """(english, french) words of the int n: num2words' cardinals, lowercase, English without commas."""
+    n = _check_int("n", n, 0)
+    if n >= NUMBER_LIMIT:
+        raise ValueError(f"n must be < {NUMBER_LIMIT}, got {n}")
+    english = _converter("en").to_cardinal(n).replace(",", "")  # "one thousand, two" → "one thousand two"
+    return english.lower(), _converter("fr").to_cardinal(n).lower()
