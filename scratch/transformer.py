@@ -16,17 +16,14 @@ Pre-norm keeps an unnormalised path from the loss to the embeddings and trains w
 (Xiong et al. 2020); it needs one more layer norm after each stack.
 """
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
-from scratch.attention import causal_mask, multi_head_attention_backward, multi_head_attention_forward
+from scratch.attention import multi_head_attention_backward, multi_head_attention_forward
 from scratch.layers import (
     dropout_backward,
     dropout_forward,
-    embedding_backward,
-    embedding_forward,
     linear_backward,
     linear_forward,
     relu_backward,
@@ -235,14 +232,31 @@ def _check_sequence(name, x, d_model=None):
     return x
 
 
+def check_encoder_layer_inputs(x, params):
+    """x (B, S, D) and every encoder-layer parameter, shaped for D, all of x's dtype (scratch and the ports)."""
+    x = _check_sequence("x", x)
+    _check_layer_params(params, ENCODER_LAYER_NAMES, x.shape[2])
+    check_same_dtype(x=x, **{k.replace(".", "_"): params[k] for k in ENCODER_LAYER_NAMES})
+    return x
+
+
+def check_decoder_layer_inputs(y, memory, params):
+    """y (B, T, D), memory (B, S, D) and every decoder-layer parameter, one dtype (scratch and the ports)."""
+    y = _check_sequence("y", y)
+    memory = _check_sequence("memory", memory, y.shape[2])
+    if memory.shape[0] != y.shape[0]:
+        raise ValueError(f"memory must have shape (B={y.shape[0]}, S, D) to match y {y.shape}, got shape {memory.shape}")
+    _check_layer_params(params, DECODER_LAYER_NAMES, y.shape[2])
+    check_same_dtype(y=y, memory=memory, **{k.replace(".", "_"): params[k] for k in DECODER_LAYER_NAMES})
+    return y, memory
+
+
 def encoder_layer_forward(x, params, num_heads, mask=None, norm_first=False, dropout=0.0, rng=None):
     """One encoder layer, §3.1: self-attention, then the feed-forward block, each residual and normalised.
 
     x (B, S, D); `mask` broadcastable to (B, S, S), True where a position may attend (padding: False).
     """
-    x = _check_sequence("x", x)
-    _check_layer_params(params, ENCODER_LAYER_NAMES, x.shape[2])
-    check_same_dtype(x=x, **{k.replace(".", "_"): params[k] for k in ENCODER_LAYER_NAMES})
+    x = check_encoder_layer_inputs(x, params)
     # BEGIN SOLUTION
     # HINT: two calls of sublayer_forward: one with self-attention, one with the feed-forward block.
     attend, _ = _self_attention(params, "attn.", num_heads, mask)
@@ -274,12 +288,7 @@ def decoder_layer_forward(y, memory, params, num_heads, self_mask=None, memory_m
     y (B, T, D) the target so far, memory (B, S, D) the encoder's output; `self_mask` broadcastable
     to (B, T, T) (causal: position i sees j ≤ i), `memory_mask` to (B, T, S) (source padding).
     """
-    y = _check_sequence("y", y)
-    memory = _check_sequence("memory", memory, y.shape[2])
-    if memory.shape[0] != y.shape[0]:
-        raise ValueError(f"memory must have shape (B={y.shape[0]}, S, D) to match y {y.shape}, got shape {memory.shape}")
-    _check_layer_params(params, DECODER_LAYER_NAMES, y.shape[2])
-    check_same_dtype(y=y, memory=memory, **{k.replace(".", "_"): params[k] for k in DECODER_LAYER_NAMES})
+    y, memory = check_decoder_layer_inputs(y, memory, params)
     # BEGIN SOLUTION
     # HINT: like the encoder layer, with a second attention sub-layer whose keys and values are the memory.
     attend, _ = _self_attention(params, "self_attn.", num_heads, self_mask)

@@ -36,9 +36,9 @@ from scratch.decoding import BOS_ID, EOS_ID
 from scratch.encoder_decoder import TransformerConfig, check_tokens, init_transformer, parameter_shapes, source_mask
 from scratch.layers import dropout_forward
 from scratch.optim import transformer_schedule
-from scratch.transformer import (DECODER_LAYER_NAMES, ENCODER_LAYER_NAMES, FF_PARAM_NAMES, _check_layer_params,
-                                 _check_sequence, prefixed)
-from scratch.validate import check_multi_head_attention_inputs, check_same_dtype
+from scratch.transformer import (DECODER_LAYER_NAMES, ENCODER_LAYER_NAMES, FF_PARAM_NAMES,
+                                 check_decoder_layer_inputs, check_encoder_layer_inputs, prefixed)
+from scratch.validate import check_multi_head_attention_inputs
 
 __all__ = [
     "positional_encoding", "layer_norm_forward", "layer_norm_backward", "feed_forward_forward", "feed_forward_backward",
@@ -198,9 +198,7 @@ def encoder_layer_forward(x, params, num_heads, mask=None, norm_first=False, dro
 
     x (B, S, D); `mask` broadcastable to (B, S, S), True where a position may attend (padding: False).
     """
-    x = _check_sequence("x", x)
-    _check_layer_params(params, ENCODER_LAYER_NAMES, x.shape[2])
-    check_same_dtype(x=x, **{k.replace(".", "_"): params[k] for k in ENCODER_LAYER_NAMES})
+    x = check_encoder_layer_inputs(x, params)
     _, _, _, mask = check_multi_head_attention_inputs(x, x, prefixed(params, "attn."), num_heads, mask)
     with tf.GradientTape() as tape:
         xt, p = _watched(tape, x), _watched_params(tape, params, ENCODER_LAYER_NAMES)
@@ -221,13 +219,7 @@ def decoder_layer_forward(y, memory, params, num_heads, self_mask=None, memory_m
     y (B, T, D) the target so far, memory (B, S, D) the encoder's output; `self_mask` broadcastable
     to (B, T, T) (causal: position i sees j ≤ i), `memory_mask` to (B, T, S) (source padding).
     """
-    y = _check_sequence("y", y)
-    memory = _check_sequence("memory", memory, y.shape[2])
-    if memory.shape[0] != y.shape[0]:
-        raise ValueError(f"memory must have shape (B={y.shape[0]}, S, D) to match y {y.shape}, "
-                         f"got shape {memory.shape}")
-    _check_layer_params(params, DECODER_LAYER_NAMES, y.shape[2])
-    check_same_dtype(y=y, memory=memory, **{k.replace(".", "_"): params[k] for k in DECODER_LAYER_NAMES})
+    y, memory = check_decoder_layer_inputs(y, memory, params)
     _, _, _, self_mask = check_multi_head_attention_inputs(y, y, prefixed(params, "self_attn."), num_heads, self_mask)
     _, _, _, memory_mask = check_multi_head_attention_inputs(y, memory, prefixed(params, "cross_attn."), num_heads,
                                                              memory_mask)
