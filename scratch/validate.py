@@ -177,3 +177,107 @@ def check_cross_entropy_inputs(logits, targets, label_smoothing, ignore_index):
     if bad.size:
         raise ValueError(f"targets must lie in [0, V={v}) (or equal ignore_index={ignore_index}), got {np.unique(bad).tolist()}")
     return logits, targets, counted
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolutions and batch norm: shared by scratch/conv.py, scratch/layers.py and every port, so
+# all raise the same errors.
+# ----------------------------------------------------------------------------------------------
+
+
+def as_pair(name, value, minimum):
+    """(int, int) from an int or a pair of ints, each ≥ `minimum` (1: stride, dilation; 0: padding)."""
+    kind = "positive" if minimum == 1 else "non-negative"
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum for v in pair):
+        raise ValueError(f"{name} must be a {kind} int or a pair of {kind} ints (height, width), got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_conv_arrays(x, w, b, w_layout, channel_axis):
+    """x (B, C, H, W) and w 4-D of one floating dtype, w's `channel_axis` matching x's C; b (w_out,) or None."""
+    x, w = as_float_array("x", x), as_float_array("w", w)
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (B, C_in, H, W), got shape {x.shape}")
+    if w.ndim != 4:
+        raise ValueError(f"w must have shape {w_layout}, got shape {w.shape}")
+    c_in = x.shape[1]
+    if w.shape[channel_axis] != c_in:
+        layout = w_layout.replace("C_in", f"C_in={c_in}")
+        raise ValueError(f"w must have shape {layout} to match x {x.shape} (C_in = {c_in}), got shape {w.shape}")
+    c_out = w.shape[1 - channel_axis]
+    if b is not None:
+        b = as_float_array("b", b)
+        if b.shape != (c_out,):
+            raise ValueError(f"b must have shape (C_out={c_out},) to match w {w.shape}, got shape {b.shape}")
+        check_same_dtype(x=x, w=w, b=b)
+    else:
+        check_same_dtype(x=x, w=w)
+    return x, w, b
+
+
+def check_conv2d_inputs(x, w, b, stride, padding, dilation):
+    """x (B, C_in, H, W), w (C_out, C_in, kh, kw), b (C_out,) or None; stride, padding, dilation as pairs.
+
+    Returns (x, w, b, stride, padding, dilation) with the three settings as (height, width) pairs.
+    """
+    x, w, b = _check_conv_arrays(x, w, b, "(C_out, C_in, kh, kw)", channel_axis=1)
+    stride, padding, dilation = as_pair("stride", stride, 1), as_pair("padding", padding, 0), as_pair("dilation", dilation, 1)
+    size = tuple(n + 2 * p for n, p in zip(x.shape[2:], padding))  # the padded input's H, W
+    extent = tuple(d * (k - 1) + 1 for d, k in zip(dilation, w.shape[2:]))  # the dilated kernel's span
+    if extent[0] > size[0] or extent[1] > size[1]:
+        raise ValueError(
+            f"w's kernel {w.shape[2]}×{w.shape[3]} (w shape {w.shape}) with dilation {dilation} spans {extent[0]}×{extent[1]} "
+            f"cells, larger than the padded input {size[0]}×{size[1]} (x shape {x.shape}, padding {padding})"
+        )
+    return x, w, b, stride, padding, dilation
+
+
+def check_conv_transpose2d_inputs(x, w, b, stride, padding, output_padding, dilation):
+    """x (B, C_in, H, W), w (C_in, C_out, kh, kw), b (C_out,) or None; the settings as pairs.
+
+    output_padding, added to one side of the output, must be smaller than the stride or the
+    dilation (as in PyTorch); the output must have at least one row and one column.
+    Returns (x, w, b, stride, padding, output_padding, dilation).
+    """
+    x, w, b = _check_conv_arrays(x, w, b, "(C_in, C_out, kh, kw)", channel_axis=0)
+    stride, padding, dilation = as_pair("stride", stride, 1), as_pair("padding", padding, 0), as_pair("dilation", dilation, 1)
+    output_padding = as_pair("output_padding", output_padding, 0)
+    if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(f"output_padding {output_padding} must be smaller than the stride {stride} or the dilation "
+                         f"{dilation}, in each of height and width")
+    size = tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1
+                 for n, s, p, d, k, op in zip(x.shape[2:], stride, padding, dilation, w.shape[2:], output_padding))
+    if x.shape[2] < 1 or x.shape[3] < 1 or size[0] < 1 or size[1] < 1:
+        raise ValueError(f"padding {padding} is too large for x {x.shape} and w {w.shape} with stride {stride}, "
+                         f"dilation {dilation} and output_padding {output_padding}: the output would be {size[0]}×{size[1]}")
+    return x, w, b, stride, padding, output_padding, dilation
+
+
+def check_batch_norm_inputs(x, gamma, beta):
+    """x (B, C) or (B, C, H, W) with at least one value per channel, gamma and beta (C,), one floating dtype."""
+    x, gamma, beta = as_float_array("x", x), as_float_array("gamma", gamma), as_float_array("beta", beta)
+    if x.ndim not in (2, 4):
+        raise ValueError(f"x must have shape (B, C) or (B, C, H, W), got shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"x must hold at least one value per channel, got shape {x.shape}")
+    c = x.shape[1]
+    if gamma.shape != (c,):
+        raise ValueError(f"gamma must have shape (C={c},) to match x {x.shape}, got shape {gamma.shape}")
+    if beta.shape != (c,):
+        raise ValueError(f"beta must have shape (C={c},) to match x {x.shape}, got shape {beta.shape}")
+    check_same_dtype(x=x, gamma=gamma, beta=beta)
+    return x, gamma, beta
+
+
+def check_running_stats(running_mean, running_var, channels, dtype):
+    """running_mean and running_var (C,) of the layer's dtype; the variances must be ≥ 0."""
+    running_mean, running_var = as_float_array("running_mean", running_mean), as_float_array("running_var", running_var)
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if r.shape != (channels,):
+            raise ValueError(f"{name} must have shape (C={channels},), got shape {r.shape}")
+        if r.dtype != dtype:
+            raise TypeError(f"{name} must have the layer's dtype {dtype}, got {r.dtype}")
+    if np.any(running_var < 0):
+        raise ValueError(f"running_var must be ≥ 0, got a minimum of {running_var.min()!r}")
+    return running_mean, running_var
