@@ -18,6 +18,7 @@ ACTIVATIONS = {  # name → (scratch forward, scratch backward, the same functio
     "leaky_relu": (L.leaky_relu_forward, L.leaky_relu_backward, lambda t, F: F.leaky_relu(t, 0.01)),
     "tanh": (L.tanh_forward, L.tanh_backward, lambda t, F: F.tanh(t)),
     "sigmoid": (L.sigmoid_forward, L.sigmoid_backward, lambda t, F: F.sigmoid(t)),
+    "gelu": (L.gelu_forward, L.gelu_backward, lambda t, F: F.gelu(t, approximate="tanh")),  # GPT-2's
 }
 shapes = hnp.array_shapes(min_dims=1, max_dims=3, max_side=5)
 
