@@ -1,6 +1,7 @@
 """Building blocks: the linear map and the activations (ReLU, tanh, sigmoid, GELU), each a forward/backward pair.
 
-Shape letters: `...` any leading (batch) axes, `I` input width, `O` output width.
+Shape letters: `...` any leading (batch) axes, `I` input width, `O` output width; for batch
+norm (the last section) `B` batch, `C` channels, `H W` height and width, `N` values per channel.
 Every backward takes the upstream gradient `dout` (the gradient of the loss with respect to
 the forward's output) and returns the gradient with respect to each array input.
 """
@@ -213,6 +214,103 @@ def dropout_forward(x, p, rng):
 def dropout_backward(dout, cache):
     """The same mask, applied to the gradient; the identity when the forward was."""
     return dout if cache is None else dout * cache
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch normalisation (Ioffe & Szegedy 2015), per channel, with PyTorch's running statistics
+# ----------------------------------------------------------------------------------------------
+
+
+class BatchNormCache(NamedTuple):
+    x_hat: np.ndarray  # (B, C) or (B, C, H, W), the normalised input
+    inv_std: np.ndarray  # 1 / √(σ² + ε), shaped to broadcast against x: (1, C) or (1, C, 1, 1)
+    gamma: np.ndarray  # (C,)
+    mean: np.ndarray  # (C,), the batch mean μ
+    var: np.ndarray  # (C,), the batch's biased variance σ² (divided by N)
+    count: int  # N, the values per channel the statistics were taken over
+
+
+def _channel_axes(x):
+    """The axes a channel's statistics run over, and the shape that broadcasts a (C,) array against x."""
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    return axes, (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def batch_norm_forward(x, gamma, beta, eps=1e-5):
+    """Training-mode batch norm of x (B, C) or (B, C, H, W): each channel normalised over every other axis.
+
+    y = γ · (x − μ) / √(σ² + ε) + β with the batch's mean μ and biased variance σ² per channel,
+    as torch.nn.functional.batch_norm(training=True). Returns (y, cache); pass the cache to
+    batch_norm_update_running for the running statistics.
+    """
+    x, gamma, beta = check_batch_norm_inputs(x, gamma, beta)
+    axes, shape = _channel_axes(x)
+    # BEGIN SOLUTION
+    # HINT: reduce over every axis but 1 with keepdims=True; the variance divides by N, ε goes inside the root.
+    # Alg. 1, Ioffe & Szegedy 2015: μ = (1/N) Σ x,  σ² = (1/N) Σ (x − μ)²,  x̂ = (x − μ) / √(σ² + ε),  y = γ x̂ + β
+    mean = x.mean(axis=axes, keepdims=True)  # (1, C[, 1, 1])
+    centred = x - mean  # (B, C[, H, W])
+    var = np.mean(centred * centred, axis=axes, keepdims=True)  # (1, C[, 1, 1]), biased: divided by N
+    inv_std = 1.0 / np.sqrt(var + eps)  # (1, C[, 1, 1]); ε keeps a constant channel (σ² = 0) finite
+    x_hat = centred * inv_std  # (B, C[, H, W])
+    y = x_hat * gamma.reshape(shape) + beta.reshape(shape)  # (B, C[, H, W])
+    # END SOLUTION
+    return y, BatchNormCache(x_hat, inv_std, gamma, mean.reshape(-1), var.reshape(-1), x.size // x.shape[1])
+
+
+def batch_norm_backward(dout, cache):
+    """Return (dx, dgamma, dbeta) for y = γ x̂ + β, through the batch statistics."""
+    x_hat, inv_std, gamma, _, _, _ = cache
+    axes, shape = _channel_axes(x_hat)
+    # BEGIN SOLUTION
+    # HINT: μ and σ² depend on every x of the channel: dx has the mean of dx̂ and the mean of dx̂·x̂ subtracted.
+    # y = γ x̂ + β  ⇒  dβ = Σ dout,  dγ = Σ dout ⊙ x̂  (sums over every axis but the channel's)
+    dbeta = dout.sum(axis=axes)  # (C,)
+    dgamma = (dout * x_hat).sum(axis=axes)  # (C,)
+    dx_hat = dout * gamma.reshape(shape)  # (B, C[, H, W])
+    # through μ and σ² (the compact form):  dx = (1/√(σ² + ε)) · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ ⊙ x̂))
+    dx = dx_hat - dx_hat.mean(axis=axes, keepdims=True) - x_hat * (dx_hat * x_hat).mean(axis=axes, keepdims=True)
+    dx *= inv_std  # (B, C[, H, W])
+    # END SOLUTION
+    return dx, dgamma, dbeta
+
+
+def batch_norm_update_running(running_mean, running_var, cache, momentum=0.1):
+    """(new running_mean, new running_var), each (C,), from a batch_norm_forward cache; PyTorch's rule.
+
+    r ← (1 − momentum) · r + momentum · batch statistic, where the variance fed in is the batch's
+    unbiased one, σ² · N / (N − 1), although the forward normalised with the biased σ²
+    (torch.nn.BatchNorm2d does the same). The inputs are left unchanged. N = 1 has no unbiased
+    variance: a ValueError (PyTorch refuses to train on one value per channel).
+    """
+    running_mean, running_var = check_running_stats(running_mean, running_var, cache.mean.shape[0], cache.mean.dtype)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must lie in [0, 1], got {momentum!r}")
+    if cache.count < 2:
+        raise ValueError(f"the running variance needs at least 2 values per channel (B·H·W ≥ 2), got {cache.count}")
+    # BEGIN SOLUTION
+    # HINT: Bessel's correction N / (N − 1) goes on the variance fed to the running average only.
+    unbiased = cache.var * (cache.count / (cache.count - 1.0))  # (C,)
+    new_mean = (1.0 - momentum) * running_mean + momentum * cache.mean  # (C,)
+    new_var = (1.0 - momentum) * running_var + momentum * unbiased  # (C,)
+    # END SOLUTION
+    return new_mean, new_var
+
+
+def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps=1e-5):
+    """Evaluation-mode batch norm: y = γ · (x − running_mean) / √(running_var + ε) + β, per channel.
+
+    A fixed affine map of each channel (no batch statistics), so one image gives the same output
+    alone or in a batch; as torch.nn.functional.batch_norm(training=False). Returns y only.
+    """
+    x, gamma, beta = check_batch_norm_inputs(x, gamma, beta)
+    running_mean, running_var = check_running_stats(running_mean, running_var, x.shape[1], x.dtype)
+    _, shape = _channel_axes(x)
+    # BEGIN SOLUTION
+    scale = gamma / np.sqrt(running_var + eps)  # (C,)
+    y = (x - running_mean.reshape(shape)) * scale.reshape(shape) + beta.reshape(shape)  # (B, C[, H, W])
+    # END SOLUTION
+    return y
 
 
 # ----------------------------------------------------------------------------------------------
