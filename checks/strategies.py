@@ -505,3 +505,104 @@ def transformer_cases(draw, dtype, norm_first=None, tie_output=None, padding="en
         src[draw(hnp.arrays(np.bool_, (b, s)), label="padded")] = config.pad_id
     tgt_in = draw(hnp.arrays(np.int64, (b, t), elements=st.integers(0, config.tgt_vocab - 1)), label="tgt_in")
     return TransformerCase(src, tgt_in, params, config, draw(floats(dtype, (b, t, config.tgt_vocab))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolutions (scratch/conv.py) and batch norm (scratch/layers.py)
+# ----------------------------------------------------------------------------------------------
+
+
+class ConvCase(NamedTuple):
+    x: np.ndarray  # (B, C_in, H, W)
+    w: np.ndarray  # conv2d (C_out, C_in, kh, kw); transposed (C_in, C_out, kh, kw)
+    b: Optional[np.ndarray]  # (C_out,) or None
+    stride: object  # an int or an (h, w) pair, as the caller would pass it
+    padding: object
+    dilation: object
+    output_padding: object  # 0 for conv2d
+    dout: np.ndarray  # (B, C_out, Ho, Wo)
+
+
+def _setting(draw, pair, label):
+    """An int when both axes agree and a coin says so, else the (h, w) tuple: both spellings get called."""
+    if pair[0] == pair[1] and draw(st.booleans(), label=f"{label} as an int"):
+        return pair[0]
+    return pair
+
+
+@st.composite
+def conv_cases(draw, dtype, transposed=False):
+    """One conv2d (or, with `transposed`, conv_transpose2d) call and an upstream gradient.
+
+    Kernels 1×1 to 3×3, square or not; stride 1 to 3 per axis (so often larger than the kernel);
+    dilation 1 or 2; padding 0 up to the kernel size; output_padding below max(stride, dilation)
+    for the transpose; C_in and C_out drawn apart (often unequal), batch 1 or 2, a bias or None.
+    The input is sized so the (dilated, padded) kernel fits: H from the smallest valid size up 3 more.
+    """
+    bsz, c_in, c_out = (draw(st.integers(1, n), label=name) for n, name in ((2, "B"), (3, "C_in"), (3, "C_out")))
+    kernel = (draw(st.integers(1, 3), label="kh"), draw(st.integers(1, 3), label="kw"))
+    stride = (draw(st.integers(1, 3), label="stride h"), draw(st.integers(1, 3), label="stride w"))
+    dilation = (draw(st.integers(1, 2), label="dilation h"), draw(st.integers(1, 2), label="dilation w"))
+    padding, output_padding, size, out = [], [], [], []
+    for k, s, d, axis in zip(kernel, stride, dilation, "hw"):
+        extent = d * (k - 1) + 1
+        if transposed:
+            n = draw(st.integers(1, 4), label=f"{axis} in")
+            op = draw(st.integers(0, max(s, d) - 1), label=f"output_padding {axis}")
+            # the output (n − 1)s − 2p + d(k − 1) + op + 1 must keep at least one cell
+            p = draw(st.integers(0, min(k, ((n - 1) * s + extent - 1 + op) // 2)), label=f"padding {axis}")
+            o = (n - 1) * s - 2 * p + extent - 1 + op + 1
+        else:
+            p = draw(st.integers(0, k), label=f"padding {axis}")
+            smallest = max(1, extent - 2 * p)
+            n = draw(st.integers(smallest, smallest + 3), label=f"{axis} in")
+            op, o = 0, (n + 2 * p - extent) // s + 1
+        padding.append(p), output_padding.append(op), size.append(n), out.append(o)
+    w_shape = (c_in, c_out, *kernel) if transposed else (c_out, c_in, *kernel)
+    x = draw(floats(dtype, (bsz, c_in, *size)), label="x")
+    w = draw(floats(dtype, w_shape, bound=1.0), label="w")
+    b = draw(st.none() | floats(dtype, (c_out,)), label="b")
+    dout = draw(floats(dtype, (bsz, c_out, *out)), label="dout")
+    return ConvCase(x, w, b, _setting(draw, stride, "stride"), _setting(draw, tuple(padding), "padding"),
+                    _setting(draw, dilation, "dilation"), _setting(draw, tuple(output_padding), "output_padding"), dout)
+
+
+class BatchNormCase(NamedTuple):
+    x: np.ndarray  # (B, C) or (B, C, H, W)
+    gamma: np.ndarray  # (C,)
+    beta: np.ndarray  # (C,)
+    dout: np.ndarray  # shaped like x
+    running_mean: np.ndarray  # (C,)
+    running_var: np.ndarray  # (C,), positive
+
+
+def spread_channels(x, min_spread=0.5):
+    """Lift one value of any channel whose values lie closer than `min_spread`: a nearly constant
+    channel has σ² near 0, where x̂ = (x − μ)/√(σ² + ε) amplifies float32's rounding 1/√ε-fold
+    (the constant channel itself, σ² = 0 exactly, is checked on its own)."""
+    x = np.array(x)
+    moved = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)  # (C, N), a copy
+    narrow = np.ptp(moved, axis=1) < min_spread
+    moved[narrow, 0] = moved[narrow].max(axis=1) + 1.0
+    return np.moveaxis(moved.reshape((x.shape[1], x.shape[0]) + x.shape[2:]), 0, 1)
+
+
+@st.composite
+def batch_norm_cases(draw, dtype, image=None):
+    """x (B, C) or, with `image` (drawn if None), (B, C, H, W), with at least 2 values per channel
+    (PyTorch refuses to train on one); γ, β, running statistics and an upstream gradient."""
+    if image is None:
+        image = draw(st.booleans(), label="image")
+    c = draw(st.integers(1, 3), label="C")
+    if image:
+        shape = (draw(st.integers(1, 3), label="B"), c, draw(st.integers(1, 3), label="H"), draw(st.integers(1, 3), label="W"))
+        if shape[0] * shape[2] * shape[3] < 2:
+            shape = (2,) + shape[1:]
+    else:
+        shape = (draw(st.integers(2, 5), label="B"), c)
+    x = spread_channels(draw(floats(dtype, shape), label="x"))
+    gamma, beta = draw(floats(dtype, (c,), bound=2.0), label="gamma"), draw(floats(dtype, (c,)), label="beta")
+    running_mean = draw(floats(dtype, (c,)), label="running_mean")
+    running_var = draw(hnp.arrays(dtype, (c,), elements=st.floats(0.125, 3.0, width=8 * np.dtype(dtype).itemsize)),
+                       label="running_var")
+    return BatchNormCase(x, gamma, beta, draw(floats(dtype, shape), label="dout"), running_mean, running_var)
