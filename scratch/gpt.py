@@ -243,3 +243,101 @@ def gpt_loss_backward(dloss, cache):
     """grads of dloss · loss for every parameter."""
     model_cache, ce_cache = cache
     return gpt_backward(cross_entropy_backward(dloss, ce_cache), model_cache)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation with a key/value cache
+# ----------------------------------------------------------------------------------------------
+
+
+class KVCache(NamedTuple):
+    """What a causal model must remember of the positions it has read: each layer's keys and values.
+
+    keys[i], values[i] are (B, H, t, Dh) for the t positions so far; the next token sits at position t.
+    """
+
+    keys: tuple
+    values: tuple
+
+
+def empty_kv_cache(params, config, batch_size):
+    """A KVCache holding no position yet, in the parameters' dtype."""
+    shape = (batch_size, config.n_head, 0, config.d_model // config.n_head)
+    empty = np.zeros(shape, params["wte"].dtype)
+    return KVCache((empty,) * config.n_layer, (empty,) * config.n_layer)
+
+
+def gpt_step(tokens, kv, params, config):
+    """Feed one token per row, tokens (B,), at position t = kv's length; return (logits (B, V), kv with t + 1).
+
+    The model is causal, so a position's keys and values never change once computed: the step runs
+    the blocks on the new position alone and attends over the cached keys and values, O(t) work
+    instead of the O(t²) of re-running gpt_forward on the whole prefix. Equals gpt_forward's
+    logits[:, t] (checks/test_gpt_math.py). Pure: the cache passed in is not changed.
+    """
+    t, h = kv.keys[0].shape[2], config.n_head
+    if t >= config.block_size:
+        raise ValueError(f"the cache holds {t} positions, block_size = {config.block_size}: no position is left")
+    tokens = check_gpt_inputs(np.asarray(tokens).reshape(-1, 1), params, config)[:, 0]  # (B,)
+    # x = wte[token] + wpe[t]
+    x = (params["wte"][tokens] + params["wpe"][t])[:, None, :]  # (B, 1, D)
+    keys, values = [], []
+    for i in range(config.n_layer):
+        p = prefixed(params, f"h.{i}.")
+        a = prefixed(p, "attn.")
+        hn, _ = layer_norm_forward(x, p["ln_1.gamma"], p["ln_1.beta"])  # (B, 1, D)
+        # BEGIN SOLUTION
+        # HINT: project the new position, append its key and value to the layer's cache, attend over all of them.
+        q = split_heads(hn @ a["W_q"] + a["b_q"], h)  # (B, H, 1, Dh)
+        k = np.concatenate([kv.keys[i], split_heads(hn @ a["W_k"] + a["b_k"], h)], axis=2)  # (B, H, t + 1, Dh)
+        v = np.concatenate([kv.values[i], split_heads(hn @ a["W_v"] + a["b_v"], h)], axis=2)  # (B, H, t + 1, Dh)
+        keys.append(k)
+        values.append(v)
+        # the newest position may attend to every position so far: row t of the causal mask is all True
+        attended, _ = scaled_dot_product_attention_forward(q, k, v)  # (B, H, 1, Dh)
+        # END SOLUTION
+        x = x + merge_heads(attended) @ a["W_o"] + a["b_o"]  # (B, 1, D)
+        hn, _ = layer_norm_forward(x, p["ln_2.gamma"], p["ln_2.beta"])
+        x = x + mlp_forward(hn, prefixed(p, "mlp."))[0]  # (B, 1, D)
+    hf, _ = layer_norm_forward(x[:, 0], params["ln_f.gamma"], params["ln_f.beta"])  # (B, D)
+    return hf @ params["wte"].T, KVCache(tuple(keys), tuple(values))  # (B, V)
+
+
+def generate(params, config, prompt, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+    """Continue each row of prompt (B, T₀) (or (T₀,)) by up to max_new_tokens sampled tokens; return prompt + them.
+
+    Each new token is `sample(logits of the last position, rng, temperature, top_k, top_p)`.
+    With use_cache (the default) one gpt_step per token; use_cache=False re-runs gpt_forward on the
+    whole prefix every time (the slow reference, equal token for token at the same rng).
+    A prompt longer than block_size is an error. Generation stops when the sequence reaches
+    block_size + 1 tokens (the last one read off position block_size − 1): GPT-2's learned
+    positions end there, so the result is then shorter than T₀ + max_new_tokens. No window slides.
+    """
+    check_gpt_config(config)
+    check_filters(top_k, top_p, temperature)
+    prompt = np.asarray(prompt)
+    single = prompt.ndim == 1
+    prompt = prompt[None] if single else prompt  # (B, T₀)
+    if prompt.ndim != 2 or prompt.shape[1] < 1 or prompt.dtype.kind not in "iu":
+        raise ValueError(f"prompt must be a non-empty integer array of shape (B, T₀) or (T₀,), got dtype {prompt.dtype} "
+                         f"with shape {prompt.shape}")
+    if prompt.shape[1] > config.block_size:
+        raise ValueError(f"prompt has shape {prompt.shape}: {prompt.shape[1]} tokens, more than block_size = "
+                         f"{config.block_size}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int ≥ 0, got {max_new_tokens!r}")
+    check_gpt_inputs(prompt, params, config)
+    n_new = min(int(max_new_tokens), config.block_size + 1 - prompt.shape[1])
+    seq = prompt.copy()
+    if use_cache:
+        kv = empty_kv_cache(params, config, len(prompt))
+        for j in range(prompt.shape[1]):  # read the prompt, one position at a time
+            logits, kv = gpt_step(prompt[:, j], kv, params, config)  # (B, V)
+    for step in range(n_new):
+        if not use_cache:
+            logits = gpt_forward(seq, params, config)[0][:, -1]  # (B, V), the whole prefix again
+        nxt = sample(logits, rng, temperature, top_k, top_p)  # (B,)
+        seq = np.concatenate([seq, nxt[:, None].astype(seq.dtype)], axis=1)
+        if use_cache and step < n_new - 1:  # the last token drawn needs no logits after it
+            logits, kv = gpt_step(nxt, kv, params, config)
+    return seq[0] if single else seq
