@@ -1,5 +1,6 @@
 """Data: scikit-learn's bundled digits, MNIST IDX files already on disk, the epoch order, the 2-D
-mixtures of the GAN, and number words (num2words) for the translation corpus of scratch/text.py.
+mixtures of the GAN, number words (num2words) for the translation corpus of scratch/text.py, and
+the US census names that the `names` package ships (and any text file's lines) for the GPT.
 
 Shape letters: N examples, P pixels per image (64 for the 8×8 digits, 784 for 28×28 MNIST).
 
@@ -303,3 +304,66 @@ def number_words(n):
         raise ValueError(f"n must be < {NUMBER_LIMIT}, got {n}")
     english = _converter("en").to_cardinal(n).replace(",", "")  # "one thousand, two" → "one thousand two"
     return english.lower(), _converter("fr").to_cardinal(n).lower()
+
+
+# ----------------------------------------------------------------------------------------------
+# Names: the US census lists that the `names` package ships (makemore's task), and text lines
+# ----------------------------------------------------------------------------------------------
+
+NAMES_FILES = {"last": ("dist.all.last",), "first": ("dist.female.first", "dist.male.first")}
+NAMES_HELD_OUT = 2000  # names held out of training, as the README's table scores them
+
+
+def names_path(filename):
+    """The path of one of the `names` package's data files, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("names")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the `names` package is not installed: pip install -c constraints.txt names")
+    path = os.path.join(list(spec.submodule_search_locations)[0], filename)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"the `names` package has no data file {filename!r} at {path}")
+    return path
+
+
+def load_names(kind="last"):
+    """The census names, lowercase, each once, in the files' order (most frequent first).
+
+    kind "last": the 88,799 surnames of dist.all.last (1990 census); "first": the female then the
+    male first names (dist.female.first, dist.male.first), a name on both lists kept once. Each
+    line of a file is "NAME frequency cumulative-frequency rank"; only the name is read.
+    """
+    if kind not in NAMES_FILES:
+        raise ValueError(f"kind must be one of {sorted(NAMES_FILES)}, got {kind!r}")
+    seen = {}
+    for filename in NAMES_FILES[kind]:
+        with open(names_path(filename), encoding="ascii") as f:
+            for line in f:
+                if line.strip():
+                    seen.setdefault(line.split()[0].lower(), None)  # a dict keeps the first occurrence's order
+    return list(seen)
+
+
+def load_text_lines(path):
+    """The non-blank lines of a UTF-8 text file, without their line endings: one example each."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line.rstrip("\r\n") for line in f]
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} has no non-blank line to train on")
+    return lines
+
+
+def held_out_split(examples, held_out, seed=0):
+    """(train, test) lists: `held_out` examples drawn without replacement for test, the rest train.
+
+    A pure function of (examples, held_out, seed): np.random.default_rng([seed, 7]) permutes the
+    indices once; the first `held_out` go to test. Both keep the examples' original order.
+    """
+    held_out = _check_int("held_out", held_out, 1)
+    if held_out >= len(examples):
+        raise ValueError(f"held_out = {held_out} must leave examples to train on, but there are only {len(examples)}")
+    test = np.zeros(len(examples), bool)
+    test[np.random.default_rng([_check_int("seed", seed, 0), 7]).permutation(len(examples))[:held_out]] = True
+    return [e for e, t in zip(examples, test) if not t], [e for e, t in zip(examples, test) if t]
