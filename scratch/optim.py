@@ -312,3 +312,56 @@ def exponential_decay(lr, lr_end, steps):
 
     schedule.__qualname__ = f"exponential_decay({lr!r}, {lr_end!r}, {steps})"
     return schedule
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter 2019), as `torch.optim.AdamW`.
+
+    Before each Adam step the decayed parameters shrink: θ ← θ (1 − η λ), η the step's rate, λ
+    `weight_decay`. Unlike an L2 term added to the loss, the shrinkage does not pass through Adam's
+    per-coordinate scaling, so every decayed weight shrinks by the same factor. `decay` names the
+    parameters decayed (None: all of them, as one torch parameter group; GPTs decay only the
+    matrices, the biases and layer-norm gains get a second group with weight_decay 0).
+    State: as Adam's.
+    """
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decay=None):
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay must be a number ≥ 0, got {weight_decay!r}")
+        self.weight_decay, self.decay = float(weight_decay), None if decay is None else frozenset(decay)
+        super().__init__(lr, betas, eps)
+
+    def step(self, params, grads):
+        """Shrink the decayed parameters in place, then take Adam's step."""
+        _check_params_and_grads(params, grads)
+        lr = _lr_at(self.lr, self.t + 1)
+        for name, p in params.items():
+            if self.decay is None or name in self.decay:
+                # θ ← θ (1 − η λ)
+                p *= 1.0 - lr * self.weight_decay
+        super().step(params, grads)
+
+
+def warmup_cosine(lr, warmup, steps, lr_min=0.0):
+    """A linear warm-up to lr over `warmup` steps, then a half cosine down to lr_min at step `steps`.
+
+    lr(s) = lr · s / warmup for s ≤ warmup; then lr_min + (lr − lr_min) · ½ (1 + cos(π (s − warmup) /
+    (steps − warmup))); lr_min after `steps`. One cycle (Smith 2018), as GPT-3 and nanoGPT train:
+    the warm-up keeps Adam's first, badly estimated steps small; the slow end lets the weights settle.
+    """
+    lr, lr_min = _check_lr(lr), _check_lr(lr_min)
+    for name, value in (("warmup", warmup), ("steps", steps)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an int ≥ 0, got {value!r}")
+    if steps < max(warmup, 1):
+        raise ValueError(f"steps = {steps} must be ≥ warmup = {warmup} and ≥ 1")
+    warmup, steps = int(warmup), int(steps)
+
+    def schedule(step):
+        if step <= warmup:
+            return lr * step / warmup
+        progress = min(step - warmup, steps - warmup) / max(steps - warmup, 1)  # 0 → 1
+        return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    schedule.__qualname__ = f"warmup_cosine({lr!r}, warmup={warmup}, steps={steps}, lr_min={lr_min!r})"
+    return schedule
