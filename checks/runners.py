@@ -175,3 +175,39 @@ RUNNERS.update({
     "cross_entropy": run_cross_entropy,
     "transformer": run_transformer,
 })
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolutions (scratch/conv.py) and batch norm (scratch/layers.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def _conv_results(out, grads):
+    """{"out", "dx", "dw", "db"}, with no "db" where the backward says None (no bias)."""
+    dx, dw, db = grads
+    return {"out": out, "dx": dx, "dw": dw, **({} if db is None else {"db": db})}
+
+
+def run_conv2d(module, case):
+    out, cache = module.conv2d_forward(case.x, case.w, case.b, case.stride, case.padding, case.dilation)
+    return _conv_results(out, module.conv2d_backward(case.dout, cache))
+
+
+def run_conv_transpose2d(module, case):
+    out, cache = module.conv_transpose2d_forward(case.x, case.w, case.b, case.stride, case.padding,
+                                                 case.output_padding, case.dilation)
+    return _conv_results(out, module.conv_transpose2d_backward(case.dout, cache))
+
+
+def run_batch_norm(module, case):
+    """Training mode: y and the three gradients, then the running statistics updated from the same
+    cache (PyTorch's rule, momentum 0.1), then the evaluation path with the updated statistics."""
+    out, cache = module.batch_norm_forward(case.x, case.gamma, case.beta)
+    dx, dgamma, dbeta = module.batch_norm_backward(case.dout, cache)
+    running_mean, running_var = module.batch_norm_update_running(case.running_mean, case.running_var, cache)
+    eval_out = module.batch_norm_eval(case.x, case.gamma, case.beta, running_mean, running_var)
+    return {"out": out, "dx": dx, "dgamma": dgamma, "dbeta": dbeta, "running_mean": running_mean,
+            "running_var": running_var, "eval_out": eval_out}
+
+
+RUNNERS.update({"conv2d": run_conv2d, "conv_transpose2d": run_conv_transpose2d, "batch_norm": run_batch_norm})
