@@ -1,24 +1,28 @@
 """python -m scratch train MODEL [--data D] [--steps N] [--seed S] [--out DIR] [--resume]
 python -m scratch translate "ninety-seven" [--checkpoint runs/transformer-scratch/checkpoint.npz]
+python -m scratch sample runs/gpt-scratch/checkpoint.npz [--num 20] [--temperature 0.8] [--top-p 0.95] [--prompt Mc]
 
 Trains a NumPy model and writes DIR/metrics.json and DIR/checkpoint.npz (scratch/runs.py).
 The ports have the same command line: python -m ports.torch train vae, and so on.
 `translate` turns English number words (or an integer, written out by num2words) into French
-with a trained Transformer checkpoint from any implementation.
+with a trained Transformer checkpoint from any implementation; `sample` prints what a trained GPT
+writes (census names by default), one sample a line.
 """
 
 import argparse
 import json
 import sys
 
-MODELS = ("vae", "gan", "transformer")
+MODELS = ("vae", "gan", "transformer", "gpt")
 
 # Defaults that differ by model; an option left out takes its model's value.
 DEFAULTS = {
     "vae": {"data": "digits", "steps": 3000, "batch_size": 128, "lr": 1e-3, "z_dim": 2},
     "gan": {"data": "ring", "lr": 1e-3},  # steps and batch size: scratch.train.GAN_RUNS, by data set
     # --lr scales the paper's warm-up schedule (scratch/translation.py)
-    "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 1.0},
+    "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 1.0, "layers": 2, "warmup": 400},
+    # the issue's calibration: 3 pre-norm layers of width 64, 4 heads, 4,000 AdamW steps of 64, one cycle
+    "gpt": {"data": "names", "steps": 4000, "batch_size": 64, "lr": 1e-2, "layers": 3, "warmup": 200},
 }
 
 
@@ -28,16 +32,18 @@ def build_parser(prog, implementation):
     train = commands.add_parser("train", help="train a model and write metrics.json and checkpoint.npz")
     train.add_argument("model", choices=MODELS)
     train.add_argument("--data", help="vae: digits (bundled, default) or mnist:DIR (IDX files you have); "
-                       "gan: ring (default), grid or digits; transformer: numbers (number words, English → French)")
+                       "gan: ring (default), grid or digits; transformer: numbers (number words, English → French); gpt: names (census surnames, default), "
+                       "names:first, or text:FILE (a UTF-8 file's lines)")
     train.add_argument("--steps", type=int, help="training steps (default: vae 3000; gan: ring 20000, grid 23000, "
-                       "digits 6000; transformer 6000)")
+                       "digits 6000; transformer 6000; gpt 4000)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     train.add_argument("--eval-every", type=int, default=500)
-    train.add_argument("--batch-size", type=int, help="default: vae 128; gan 256 (digits 64); transformer 64")
+    train.add_argument("--batch-size", type=int, help="default: vae 128; gan 256 (digits 64); transformer 64; gpt 64")
     train.add_argument("--lr", type=float, help="learning rate (default 1e-3; the GAN's falls to --lr-end); for the "
-                       "transformer, the factor on the paper's warm-up schedule (default 1.0)")
+                       "transformer, the factor on the paper's warm-up schedule (default 1.0); gpt: the peak of warm-up + "
+                       "cosine (default 1e-2)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     vae = train.add_argument_group("vae")
     vae.add_argument("--z-dim", type=int, help="latent (vae, default 2, to plot it) or noise width (gan: 2 for "
@@ -57,13 +63,24 @@ def build_parser(prog, implementation):
     tr.add_argument("--d-model", type=int, default=64, help="model width D")
     tr.add_argument("--heads", type=int, default=4)
     tr.add_argument("--d-ff", type=int, default=256, help="feed-forward width")
-    tr.add_argument("--layers", type=int, default=2, help="encoder layers, and as many decoder layers")
+    tr.add_argument("--layers", type=int, help="encoder layers, and as many decoder layers (default 2); gpt: blocks "
+                    "(default 3)")
     tr.add_argument("--max-len", type=int, default=32, help="longest sequence the model takes, special tokens included")
-    tr.add_argument("--warmup", type=int, default=400, help="warm-up steps of the learning-rate schedule")
+    tr.add_argument("--warmup", type=int, help="warm-up steps of the learning-rate schedule (default 400; gpt 200)")
     tr.add_argument("--label-smoothing", type=float, default=0.1)
     tr.add_argument("--dropout", type=float, default=0.0)
     tr.add_argument("--norm-first", action="store_true", help="pre-norm layers (default: post-norm, as the paper)")
     tr.add_argument("--tie-output", action="store_true", help="the output projection is the target embedding")
+    gpt = train.add_argument_group("gpt (also --d-model, --heads, --layers, --warmup, --decay-steps, --dtype)")
+    gpt.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decoupled weight decay on the matrices")
+    sample = commands.add_parser("sample", help="print names (or lines) drawn from a trained gpt, one a line")
+    sample.add_argument("checkpoint", help="a gpt run's checkpoint.npz")
+    sample.add_argument("--num", type=int, default=20, help="how many samples")
+    sample.add_argument("--temperature", type=float, default=1.0, help="0 = argmax (greedy)")
+    sample.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (ties kept)")
+    sample.add_argument("--top-p", type=float, default=None, help="keep the most likely tokens reaching mass p")
+    sample.add_argument("--prompt", default="", help="the start of every sample")
+    sample.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples")
     translate = commands.add_parser("translate", help="English number words → French, with a trained transformer")
     translate.add_argument("sentence", nargs="+", help="English number words, or an integer (written out for you)")
     translate.add_argument("--checkpoint", default="runs/transformer-scratch/checkpoint.npz")
@@ -118,10 +135,31 @@ def run_translate(args):
     return 0
 
 
+def run_sample(args):
+    """Print samples of a trained GPT checkpoint, one a line; a bad prompt or option is a one-line error."""
+    import os
+
+    from scratch.language_model import load_sampler, sample_from
+
+    if not os.path.exists(args.checkpoint):
+        raise SystemExit(f"no checkpoint at {args.checkpoint}: train one with `python -m scratch train gpt`")
+    if args.num < 1:
+        raise SystemExit(f"--num must be ≥ 1, got {args.num}")
+    try:
+        samples = sample_from(load_sampler(args.checkpoint), args.num, args.seed, args.temperature, args.top_k,
+                              args.top_p, args.prompt)
+    except ValueError as error:
+        raise SystemExit(f"cannot sample: {error}")
+    print("\n".join(samples))
+    return 0
+
+
 def main(argv=None, prog="python -m scratch", implementation="scratch", trainers=None):
     args = build_parser(prog, implementation).parse_args(argv)
     if args.command == "translate":
         return run_translate(args)
+    if args.command == "sample":
+        return run_sample(args)
     if args.out is None:
         args.out = f"runs/{args.model}-{implementation}"
     for name, value in DEFAULTS[args.model].items():
@@ -137,16 +175,22 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
                 setattr(args, name, value)
     if args.model == "transformer" and args.data != "numbers":
         raise SystemExit(f"--data must be numbers for the transformer, got {args.data!r}")
+    if args.model == "gpt" and args.data not in ("names", "names:last", "names:first") and not args.data.startswith("text:"):
+        raise SystemExit(f"--data must be names, names:last, names:first or text:FILE for the gpt, got {args.data!r}")
     if args.decay_steps is None:
         args.decay_steps = previous_config(args.out).get("decay_steps", args.steps) if args.resume else args.steps
     if args.steps < 1 or args.eval_every < 1 or args.batch_size < 1:
         raise SystemExit("--steps, --eval-every and --batch-size must be positive")
+    if args.model == "gpt" and not 0 <= args.warmup <= args.decay_steps:
+        raise SystemExit(f"--warmup {args.warmup} must lie in [0, --decay-steps = {args.decay_steps}] (which is --steps "
+                         f"unless given): the rate warms up, then decays over the rest")
     from scratch import train
 
-    from scratch import translation
+    from scratch import language_model, translation
 
     defaults = {"vae": (train.ScratchVAETrainer, train.train_vae), "gan": (train.ScratchGANTrainer, train.train_gan),
-                "transformer": (translation.ScratchTransformerTrainer, translation.train_transformer)}
+                "transformer": (translation.ScratchTransformerTrainer, translation.train_transformer),
+                "gpt": (language_model.ScratchGPTTrainer, language_model.train_gpt)}
     make_trainer, run = defaults[args.model]
     make_trainer = (trainers or {}).get(args.model, make_trainer)
     metrics = run(args, make_trainer, make_bar=None if args.quiet else progress_bar())
