@@ -1,8 +1,10 @@
-"""python -m checks.homework make --out DIR [--topics ...]  |  grade SUBMISSION [--json results.json]
+"""python -m checks.homework make --out DIR [--topics ...]  |  grade SUBMISSION [--json results.json]  |  gradescope --out autograder.zip
 
-make   writes the student package: scratch/ with the solutions cut out, the public checks, a README.
-grade  grades one submission (a folder holding scratch/) or a class (a folder of such folders):
-       a table per submission, Gradescope's results.json, and for a class one CSV of scores.
+make        writes the student package: scratch/ with the solutions cut out, the public checks, a README.
+grade       grades one submission (a folder holding scratch/) or a class (a folder of such folders), each
+            submission behind its own wall (checks/homework/sandbox.py), --jobs at a time: a table per
+            submission, Gradescope's results.json, and for a class one CSV of scores.
+gradescope  writes the autograder zip a Gradescope course uploads (checks/homework/gradescope.py).
 """
 
 import argparse
@@ -39,7 +41,21 @@ def parser():
     grade.add_argument("--calls", type=positive(int), default=400, help="calls per function, shrinking included (default 400)")
     grade.add_argument("--timeout", type=positive(float), default=10.0, help="wall-clock seconds per call (default 10)")
     grade.add_argument("--quiet", action="store_true", help="print only the totals")
-    return top, {"make": make, "grade": grade}
+    grade.add_argument("--jobs", type=positive(int), default=os.cpu_count() or 1,
+                       help="submissions graded at once (default: the number of cores, %(default)s here)")
+    walls = grade.add_mutually_exclusive_group()
+    walls.add_argument("--isolation", choices=["auto", "bwrap", "unshare"], default="auto",
+                       help="the wall around each submission: bubblewrap, util-linux's unshare, or auto "
+                            "(bwrap if it works, else unshare; default)")
+    walls.add_argument("--no-isolation", action="store_true",
+                       help="grade without the wall, as your own user with your files and network in reach: only for code you trust")
+    scope = commands.add_parser("gradescope", help="write the autograder zip for a Gradescope course")
+    scope.add_argument("--out", required=True, help="the zip to write, e.g. autograder.zip")
+    scope.add_argument("--topics", nargs="+", metavar="TOPIC", help="the topics handed out (default: every topic that exists)")
+    scope.add_argument("--examples", type=positive(int), default=60, help="inputs drawn per function (default 60)")
+    scope.add_argument("--no-isolation", action="store_true",
+                       help="grade without the wall where Gradescope's container cannot build it (the reference is then in reach)")
+    return top, {"make": make, "grade": grade, "gradescope": scope}
 
 
 def submissions(path, fail):
@@ -56,6 +72,45 @@ def submissions(path, fail):
     return found, True
 
 
+def _grade_one(job):
+    """One submission, in a worker process of the pool: (name, results, seconds)."""
+    from checks.homework import grader
+    from checks.homework.tasks import tasks_for
+
+    name, folder, modules, budget, limits, isolation = job
+    start = time.monotonic()
+    results = grader.grade(folder, tasks_for(modules), budget, limits, isolation, _SLOT[0])
+    return name, results, time.monotonic() - start
+
+
+_SLOT = [0]  # this process's sandbox slot: each process of the pool has its own uid for its sandboxes
+
+
+def _pool_start(slots):
+    import ctypes
+    import signal
+
+    _SLOT[0] = slots.get()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a pool process dies with the grader
+
+
+def graded(jobs, count):
+    """Grade the jobs `count` at a time, in order: yields (name, results, seconds)."""
+    if count == 1 or len(jobs) == 1:
+        yield from map(_grade_one, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    slots = context.Queue()
+    for slot in range(1, count + 1):
+        slots.put(slot)
+    with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_pool_start, initargs=(slots,)) as pool:
+        yield from pool.map(_grade_one, jobs)
+
+
 def main(argv=None):
     top, commands = parser()
     args = top.parse_args(argv)
@@ -69,6 +124,15 @@ def main(argv=None):
         modules = make.resolve_topics(topics)
     except make.TopicError as error:
         command.error(str(error))
+    if args.command == "gradescope":
+        from checks.homework import gradescope
+
+        try:
+            gradescope.write_package(args.out, topics, examples=args.examples, isolation=not args.no_isolation)
+        except (FileExistsError, ValueError) as error:
+            command.error(str(error))
+        print(f"wrote {args.out}: upload it as the autograder of a Gradescope programming assignment ({', '.join(topics)})")
+        return 0
     if args.command == "make":
         try:
             tasks = make.make(args.out, topics)
@@ -80,23 +144,30 @@ def main(argv=None):
     for path, folder_wanted in ((args.json, is_class), (args.csv if is_class else None, False)):
         if path and os.path.isdir(path) != folder_wanted and os.path.exists(path):
             command.error(f"{path} exists and is {'not ' if folder_wanted else ''}a folder")
-    tasks = tasks_for(modules)
+    from checks.homework.sandbox import IsolationUnavailable, choose_isolation
+
+    try:
+        isolation = choose_isolation("none" if args.no_isolation else args.isolation)
+    except IsolationUnavailable as error:
+        command.error(str(error))
+    if isolation == "none":
+        print("warning: --no-isolation: the submissions run as your user, with your files and network in reach", file=sys.stderr)
     limits = Limits(call_seconds=args.timeout)
-    graded, outputs = [], []
-    for name, folder in folders:
-        start = time.monotonic()
-        results = grader.grade(folder, tasks, grader.Budget(examples=args.examples, calls=args.calls), limits)
-        seconds = time.monotonic() - start
-        graded.append((name, results))
+    budget = grader.Budget(examples=args.examples, calls=args.calls)
+    jobs = [(name, folder, modules, budget, limits, isolation) for name, folder in folders]
+    graded_, outputs = [], []
+    for name, results, seconds in graded(jobs, args.jobs):
+        graded_.append((name, results))
         got, most = grader.total(results)
-        print(f"{name}: {got:g}/{most:g} in {seconds:.1f} s" if args.quiet else report.table(results, f"{name} ({seconds:.1f} s)"))
+        title = f"{name} ({seconds:.1f} s, isolation: {isolation})"
+        print(f"{name}: {got:g}/{most:g} in {seconds:.1f} s" if args.quiet else report.table(results, title), flush=True)
         outputs.append((name, report.gradescope(results, seconds)))
     # Written only now, every child gone: a submission cannot overwrite a grade written before it ran.
     for name, data in outputs if args.json else []:
         report.write_json(os.path.join(args.json, f"{name}.json") if is_class else args.json, data)
     if is_class:
-        report.write_atomic(args.csv, report.class_csv(graded))
-        print(f"wrote {args.csv}: {len(graded)} submissions")
+        report.write_atomic(args.csv, report.class_csv(graded_))
+        print(f"wrote {args.csv}: {len(graded_)} submissions, isolation: {isolation}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Gradescope's schema (https://gradescope-autograders.readthedocs.io, "Output format"): a total
 `score`, and `tests`, each with `name`, `score`, `max_score`, `status` ("passed" or "failed")
-and `output`. The grader's own finer status (not implemented, timeout, crashed…) leads the
+and `output`; `extra_data` (kept by Gradescope, shown to no student) says which wall graded the
+submission (`isolation`: bwrap, unshare or none). The grader's own finer status (not implemented, timeout, crashed…) leads the
 output text. Files are written whole to a temporary name and renamed over the target, after
 grading ends, so nothing a submission wrote there beforehand survives.
 """
@@ -34,8 +35,9 @@ def gradescope(results, seconds):
     tests = [{"name": r.task, "score": r.score, "max_score": r.max_score,
               "status": "passed" if r.status == "passed" else "failed",
               "output": r.feedback if r.status == "passed" else f"{r.status}: {r.feedback}"} for r in results]
-    return {"score": got, "output": f"{got:g} of {most:g} functions correct", "execution_time": round(seconds, 1),
-            "tests": tests}
+    isolation = results[0].isolation if results else "none"
+    return {"score": got, "output": f"{got:g} of {most:g} functions correct (graded behind isolation: {isolation})",
+            "execution_time": round(seconds, 1), "tests": tests, "extra_data": {"isolation": isolation}}
 
 
 def class_csv(graded):
