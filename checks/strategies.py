@@ -606,3 +606,51 @@ def batch_norm_cases(draw, dtype, image=None):
     running_var = draw(hnp.arrays(dtype, (c,), elements=st.floats(0.125, 3.0, width=8 * np.dtype(dtype).itemsize)),
                        label="running_var")
     return BatchNormCase(x, gamma, beta, draw(floats(dtype, shape), label="dout"), running_mean, running_var)
+
+
+# ----------------------------------------------------------------------------------------------
+# The GPT (scratch/gpt.py)
+# ----------------------------------------------------------------------------------------------
+
+
+class GPTCase(NamedTuple):
+    tokens: np.ndarray  # (B, T) ids, T ≤ block_size
+    params: dict  # the scratch layout, parameter_shapes(config)
+    config: object  # scratch.gpt.GPTConfig
+    dlogits: np.ndarray  # (B, T, V)
+
+
+def gpt_params(rng, config, dtype):
+    """Every parameter of a GPT drawn so that each one matters: embeddings N(0, 1), Glorot-uniform
+    matrices, biases and β uniform in [-0.5, 0.5], γ uniform in [0.5, 1.5]. (init_gpt's N(0, 0.02²)
+    leaves a model so close to linear that a wrong nonlinearity would hide.)"""
+    from scratch.gpt import parameter_shapes
+
+    params = {}
+    for name, shape in parameter_shapes(config).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if name in ("wte", "wpe"):
+            params[name] = rng.normal(0.0, 1.0, shape)
+        elif len(shape) == 2:
+            limit = np.sqrt(6.0 / sum(shape))
+            params[name] = rng.uniform(-limit, limit, shape)
+        else:
+            params[name] = rng.uniform(0.5, 1.5, shape) if leaf == "gamma" else rng.uniform(-0.5, 0.5, shape)
+    return {name: value.astype(dtype) for name, value in params.items()}
+
+
+@st.composite
+def gpt_cases(draw, dtype, max_layers=2):
+    """A tiny GPT and a batch for it: V in 2..9, block_size in 1..6, 1 to `max_layers` blocks, 1 or 2
+    heads of width 1 to 3 (D ≥ 2, so layer norm has something to normalise), B in 1..3, T in 1..block_size."""
+    from scratch.gpt import GPTConfig
+
+    n_head = draw(st.integers(1, 2), label="heads")
+    head_width = draw(st.integers(1 if n_head > 1 else 2, 3), label="head width")
+    config = GPTConfig(vocab_size=draw(st.integers(2, 9), label="V"), block_size=draw(st.integers(1, 6), label="block"),
+                       n_layer=draw(st.integers(1, max_layers), label="layers"), n_head=n_head,
+                       d_model=n_head * head_width)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="parameter seed"))
+    b, t = draw(st.integers(1, 3), label="B"), draw(st.integers(1, config.block_size), label="T")
+    tokens = draw(hnp.arrays(np.int64, (b, t), elements=st.integers(0, config.vocab_size - 1)), label="tokens")
+    return GPTCase(tokens, gpt_params(rng, config, dtype), config, draw(floats(dtype, (b, t, config.vocab_size))))
