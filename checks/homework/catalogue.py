@@ -128,6 +128,30 @@ BUGS = [
         "weight = np.ones((len(t), 1), z.dtype) / len(t)", "loss differs"),
     Bug("decoder step ignores its key/value cache (attends to the newest position only)", "decoding", "decoder_step",
         r'if layer\["self_k"\] is not None:', "if False:", "logits differs"),
+    # Stateful: graded over sequences of calls (tasks.Steps), so a step that forgets its state loses
+    # the point at the next call even though every single call, on the reference's state, is right.
+    Bug("decoder step never stores the new key and value (attends correctly, the cache never grows)", "decoding",
+        "decoder_step", r'layer\["self_k"\], layer\["self_v"\] = k, v', "pass  # the cache is left as it was",
+        "step 1 matched"),
+    Bug("Adam without bias correction (m̂ = m, v̂ = v)", "optim", "adam_step",
+        r"m_hat = m / \(1\.0 - beta1\*\*t\)  # \(P\)\n\s*# v̂_t = v_t / \(1 − β2\^t\)\n\s*v_hat = v / \(1\.0 - beta2\*\*t\)",
+        "m_hat = m  # (P)\n            v_hat = v  # (P)", "step 1: params"),
+    Bug("Adam's bias correction with the step count off by one (1 − β^(t+1))", "optim", "adam_step",
+        r"m_hat = m / \(1\.0 - beta1\*\*t\)  # \(P\)\n\s*# v̂_t = v_t / \(1 − β2\^t\)\n\s*v_hat = v / \(1\.0 - beta2\*\*t\)",
+        "m_hat = m / (1.0 - beta1 ** (t + 1))  # (P)\n            v_hat = v / (1.0 - beta2 ** (t + 1))  # (P)",
+        "step 1: params"),
+    Bug("Adam's first moment rebound (m = β1·m + …), not updated in place: the state m never moves", "optim",
+        "adam_step", r"m \*= beta1\n\s*m \+= \(1\.0 - beta1\) \* g  # \(P\)", "m = beta1 * m + (1.0 - beta1) * g  # (P)",
+        "step 1: state_dict.m."),
+    Bug("SGD's momentum buffer not kept between steps (b = μ·b + g makes a new array)", "optim", "sgd_step",
+        r"b \*= self\.momentum\n\s*b \+= g  # \(P\)", "b = self.momentum * b + g  # (P)",
+        "step 1: state_dict.momentum_buffer."),
+    Bug("SGD momentum applied as dampening (b = μ·b + (1 − μ)·g)", "optim", "sgd_step",
+        r"b \+= g  # \(P\)", "b += (1.0 - self.momentum) * g  # (P)", "step 1: params"),
+    Bug("warm-up peak at the wrong step (step · warmup^−0.5: the two terms meet at warmup^⅓)", "optim",
+        "transformer_schedule", r"step \* warmup\*\*-1\.5", "step * warmup**-0.5", "lr differs"),
+    Bug("warm-up counted from step 0 (the rate is 0 at step 1)", "optim", "transformer_schedule",
+        r"min\(step\*\*-0\.5, step \* warmup", "min(step**-0.5, (step - 1) * warmup", "call 1: lr differs"),
 ]
 
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from checks.tolerances import TOLERANCES, assert_close
-from checks.homework.tasks import Backward
+from checks.homework.tasks import Backward, Steps
 
 SHOW = dict(precision=6, threshold=40, edgeitems=3, max_line_width=100)
 
@@ -41,7 +41,7 @@ def mismatch(received, expected, dtype, exact):
         r = received[name]
         if r.shape != e.shape:
             return Mismatch(name, f"{name} has shape {r.shape}, expected shape {e.shape}")
-        if exact:
+        if exact or e.dtype.kind in "biu":  # masks; counts, such as an optimizer's step number
             if r.dtype != e.dtype:
                 return Mismatch(name, f"{name} has dtype {r.dtype}, expected {e.dtype}")
             if not np.array_equal(r, e):
@@ -87,10 +87,33 @@ def describe_mismatch(problem, received, expected):
 def describe_case(task, case, status):
     """The input, named as the function's arguments; for a backward, the upstream gradient too."""
     call = task.call
-    names = list(call.args) + ([call.dout] if isinstance(call, Backward) else [])
     head = "smallest failing input (shrunk by Hypothesis)" if status in ("failed", "error") else "input"
     lines = [f"{head}, {case['dtype']}:"]
+    if isinstance(call, Steps):
+        return "\n".join(lines + describe_steps(call, case))
+    names = list(call.args) + ([call.dout] if isinstance(call, Backward) else [])
     lines += [f"  {name} = {show(case[name])}" for name in names]
     if isinstance(call, Backward):
         lines.append(f"  ({call.function} was given the reference {call.forward}'s cache for these inputs, and {call.dout})")
     return "\n".join(lines)
+
+
+def describe_steps(call, case):
+    """A sequence: what is built, the state every call shares (as it was before the first), then
+    each call's own inputs."""
+    steps = case["steps"]
+    shared = [name for name in dict.fromkeys(call.args) if name not in steps[0]]
+    arguments, calls = ", ".join(call.args), "1 call" if len(steps) == 1 else f"{len(steps)} calls in a row"
+    if call.build:
+        constructor, names = call.build
+        built = f"{constructor}({', '.join(f'{name}={show(case[name])}' for name in names)})"
+        obj = "f" if call.callee == "." else "obj"  # a callable it returns, or an object whose method is called
+        lines = [f"  {obj} = {built}, then {obj}{call.callee.rstrip('.')}({arguments}), {calls}"]
+    else:
+        lines = [f"  {call.callee}({arguments}), {calls}"]
+    if shared:
+        lines[0] += f" on the same {', '.join(shared)} (a call's changes to them are what the next call gets)"
+    lines += [f"  {name} = {show(case[name])}  (before {call.label} 1)" for name in shared]
+    for k, step in enumerate(steps, start=1):
+        lines.append(f"  {call.label} {k}: " + ", ".join(f"{name} = {show(value)}" for name, value in step.items()))
+    return lines

@@ -16,6 +16,7 @@ on every example drawn. Forward and backward are separate functions, so they sco
 
 import contextlib
 import importlib
+import re
 import time
 from typing import NamedTuple
 
@@ -25,8 +26,8 @@ from hypothesis import strategies as st
 
 from checks.homework import protocol
 from checks.homework.feedback import describe_case, describe_mismatch, mismatch
-from checks.homework.sandbox import Limits, SubmissionError, Worker, WorkerFailed
-from checks.homework.tasks import Backward
+from checks.homework.sandbox import Limits, SubmissionError, Worker, WorkerFailed, choose_isolation
+from checks.homework.tasks import Backward, Steps, sequence
 
 
 class Budget(NamedTuple):
@@ -43,6 +44,7 @@ class Result(NamedTuple):
     feedback: str
     calls: int
     seconds: float
+    isolation: str = "none"  # the wall the submission ran behind (checks/homework/sandbox.py)
 
 
 @contextlib.contextmanager
@@ -88,29 +90,45 @@ def _copy(value):
     return protocol.unpack(tree, arrays, _reference_class)
 
 
+class Request(NamedTuple):
+    """What the child is asked for one drawn case, and what the reference answered."""
+    function: str
+    args: list  # for the submission, as sent (pack copies them: the child never holds the case's own arrays)
+    expected: dict  # {name: array}
+    steps: list = None  # a sequence (tasks.Steps): the calls protocol.run_steps makes on `args`
+    names: list = None  # what the feedback calls each of those calls
+
+
 def prepare(task, case):
-    """(function, args for the submission, expected {name: array}) for one drawn case."""
+    """The Request for one drawn case; the reference computes on a copy, so the case stays as drawn."""
     module, call = _reference(task.module), task.call
+    if isinstance(call, Steps):
+        slots, steps, names = sequence(call, case)
+        expected = {}
+        for outputs in protocol.run_steps(module, _copy(slots), steps):
+            expected.update(outputs)
+        return Request(call.function, slots, expected, steps, names)
     args = [case[name] for name in call.args]
     if isinstance(call, Backward):
         _, cache = getattr(module, call.forward)(*_copy(args))
         args = [case[call.dout], cache]
     expected = protocol.select(getattr(module, call.function)(*_copy(args)), call.outputs)
-    return call.function, args, expected
+    return Request(call.function, args, expected)
 
 
 class Workers:
     """One child per module, restarted after it dies; a module that fails to import stays failed."""
 
-    def __init__(self, submission, limits):
+    def __init__(self, submission, limits, isolation="none", slot=0):
         self.submission, self.limits, self.live, self.broken = submission, limits, {}, {}
+        self.isolation, self.slot = isolation, slot
 
     def get(self, module):
         if module in self.broken:
             raise self.broken[module]
         if module not in self.live:
             try:
-                self.live[module] = Worker(self.submission, module, self.limits)
+                self.live[module] = Worker(self.submission, module, self.limits, self.isolation, self.slot)
             except WorkerFailed as error:
                 self.broken[module] = error  # every later task of the module fails the same way
                 raise
@@ -124,6 +142,16 @@ class Workers:
     def close(self):
         for module in list(self.live):
             self.drop(module)
+
+
+def _earlier_calls(call, output):
+    """A sequence's outputs are compared in order: say that every call before the failing one matched."""
+    found = re.match(rf"{call.label} (\d+): ", output)
+    k = int(found.group(1)) if found else 1
+    if k == 1:
+        return ""
+    calls = f"{call.label} 1" if k == 2 else f"{call.label}s 1 to {k - 1}"
+    return f"\n(every output of {calls} matched: {call.label} {k} is the first call that went wrong)"
 
 
 def grade_task(task, workers, budget):
@@ -145,30 +173,39 @@ def grade_task(task, workers, budget):
             raise Stop  # the failure recorded last is the smallest found so far
         state["calls"] += 1
         try:
-            function, args, expected = prepare(task, case)
+            request = prepare(task, case)
         except Exception as error:  # the reference refused the case: a bug of the grader, not the student's
             record("grader error", f"the reference raised {type(error).__name__}: {error}", case)
             raise Stop from None
         try:
-            received = workers.get(task.module).call(function, args, task.call.outputs)
+            worker = workers.get(task.module)
+            if request.steps is None:
+                received = worker.call(request.function, request.args, task.call.outputs)
+            else:
+                received = worker.call(request.function, request.args, {}, steps=request.steps)
         except SubmissionError as error:
             meta = error.meta
             if meta.get("error") == "NotImplementedError":
-                message = meta.get("message") or ""
-                if f"{task.module}.{task.name}:" not in message:  # a helper it calls is the one unfinished
-                    message = f"{task.module}.{task.name} needs {message}"
+                message, own = meta.get("message") or "", f"{task.module}.{task.call.function}"
+                if f"{own}:" not in message and f"{own}." not in message:  # a helper it calls is the one unfinished
+                    message = f"{own} needs {message}"
                 record("not implemented", f"not implemented yet: {message}")
                 raise Stop
             where = "".join(f"\n  at {w}" for w in meta.get("where", [])) or f"\n  (its return value is not {task.returns})"
-            record("error", f"raised {meta.get('message')}{where}", case)
+            step = meta.get("step")
+            during = f" in {request.names[step]}" if request.steps and type(step) is int and 0 <= step < len(request.names) else ""
+            record("error", f"raised {meta.get('message')}{during}{where}", case)
             raise AssertionError
         except WorkerFailed as error:
             workers.drop(task.module)
             record(error.status, str(error), case)
             raise Stop
-        problem = mismatch(received, expected, case["dtype"], task.exact)
+        problem = mismatch(received, request.expected, case["dtype"], task.exact)
         if problem is not None:
-            record("failed", describe_mismatch(problem, received, expected), case)
+            text = describe_mismatch(problem, received, request.expected)
+            if request.steps is not None:
+                text += _earlier_calls(task.call, problem.output)
+            record("failed", text, case)
             raise AssertionError
 
     try:
@@ -188,11 +225,16 @@ def grade_task(task, workers, budget):
     return Result(f"{task.module}.{task.name}", 0.0, 1.0, state["status"], text, state["calls"], seconds)
 
 
-def grade(submission, tasks, budget=Budget(), limits=Limits()):
-    """Grade `tasks` of the submission folder (which holds scratch/); a list of Results."""
-    workers = Workers(submission, limits)
+def grade(submission, tasks, budget=Budget(), limits=Limits(), isolation="auto", slot=0):
+    """Grade `tasks` of the submission folder (which holds scratch/); a list of Results.
+
+    `isolation`: "auto" (bwrap, else unshare; IsolationUnavailable if neither works), "bwrap",
+    "unshare", or "none" for trusted code. `slot` picks the unprivileged uid of a root grader's
+    sandboxes, so that submissions graded at the same time never share one."""
+    kind = choose_isolation(isolation)
+    workers = Workers(submission, limits, kind, slot)
     try:
-        return [grade_task(task, workers, budget) for task in tasks]
+        return [grade_task(task, workers, budget)._replace(isolation=kind) for task in tasks]
     finally:
         workers.close()
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from checks.homework import markers, protocol
 from checks.homework.grader import _copy, _reference, fixed_generation
-from checks.homework.tasks import TASKS, TOPICS, Backward, tasks_for
+from checks.homework.tasks import TASKS, TOPICS, Backward, Steps, sequence, tasks_for
 from checks.tolerances import TOLERANCES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,20 +108,28 @@ def draw_cases(task, count):
 def case_file(task, support):
     """The stored cases of one function: its call spec, inputs and the reference's outputs."""
     call, module = task.call, _reference(task.module)
-    spec = {"module": task.module, "function": call.function, "outputs": [[n, list(p)] for n, p in call.outputs.items()],
-            "exact": task.exact, "kind": "backward" if isinstance(call, Backward) else "forward",
+    kind = "backward" if isinstance(call, Backward) else "steps" if isinstance(call, Steps) else "forward"
+    spec = {"module": task.module, "function": call.function, "marker": task.name, "exact": task.exact, "kind": kind,
+            "outputs": [[n, list(p)] for n, p in call.outputs.items()],
             "tolerance": {dtype.name: [tol.rtol, tol.atol] for dtype, tol in TOLERANCES.items()}}
     if isinstance(call, Backward):
         spec.update(forward=call.forward, target=list(call.target), arg_names=list(call.args))
     arrays, cases = {}, []
     for case in draw_cases(task, CASES_PER_FUNCTION):
-        args = [case[name] for name in call.args]
         entry = {"dtype": case["dtype"]}
-        if isinstance(call, Backward):
-            entry["forward_args"], _ = protocol.pack(_copy(args), arrays)
-            args = [case[call.dout], getattr(module, call.forward)(*_copy(args))[1]]
-        entry["args"], _ = protocol.pack(_copy(args), arrays)
-        expected = protocol.select(getattr(module, call.function)(*_copy(args)), call.outputs)
+        if isinstance(call, Steps):  # the slots and the calls made on them (protocol.run_steps)
+            slots, entry["steps"], _ = sequence(call, case)
+            entry["args"], _ = protocol.pack(_copy(slots), arrays)
+            expected = {}
+            for outputs in protocol.run_steps(module, _copy(slots), entry["steps"]):
+                expected.update(outputs)
+        else:
+            args = [case[name] for name in call.args]
+            if isinstance(call, Backward):
+                entry["forward_args"], _ = protocol.pack(_copy(args), arrays)
+                args = [case[call.dout], getattr(module, call.forward)(*_copy(args))[1]]
+            entry["args"], _ = protocol.pack(_copy(args), arrays)
+            expected = protocol.select(getattr(module, call.function)(*_copy(args)), call.outputs)
         entry["expected"] = {}
         for name, value in expected.items():
             entry["expected"][name] = key = f"e{len(arrays)}"
@@ -166,7 +174,11 @@ def make(out, topics):
     support = load_support()
     for task in tasks:
         (tests / "cases" / f"{task.module}.{task.name}.npz").write_bytes(case_file(task, support))
-    hints = {f"{b.function}": b.hint for m in modules for b in markers.blocks((SCRATCH / f"{m}.py").read_text())}
+    blocks = [(m, b) for m in modules for b in markers.blocks((SCRATCH / f"{m}.py").read_text())]
+    # a task's hint: its function's block, or one nested in it (SGD.step, transformer_schedule.schedule)
+    hints = {t.name: next((b.hint for m, b in blocks if m == t.module and (b.function == t.call.function or
+                                                                          b.function.startswith(t.call.function + "."))), "")
+             for t in tasks}
     lines = ["[pytest]", "pythonpath = . tests", "testpaths = tests", "addopts = -ra", "markers ="]
     lines += [f"    {t.name}: {t.module}.{t.name}" for t in tasks]
     (out / "pytest.ini").write_text("\n".join(lines) + "\n")

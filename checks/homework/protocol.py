@@ -119,6 +119,35 @@ def navigate(value, path):
 
 
 # ----------------------------------------------------------------------------------------------
+# Sequences of calls: state that lives from one call to the next
+# ----------------------------------------------------------------------------------------------
+
+
+def run_steps(module, values, steps):
+    """Make a sequence of calls into `module`; yield {name: plain array} after each one.
+
+    `values` are the slots 0, 1, … the calls start from, and each call's return value becomes
+    the next slot, so an object one call builds (an optimizer) and a value a call changes in
+    place (the parameters, a decoding state) are the very same objects at the next call. A step
+    is [callee, argument slots, [[output name, path], …]]: callee "name" is `module.name`,
+    "@i" the object in slot i, "@i.name" its attribute (a method). A path starts with a slot.
+
+    The grader runs the reference this way, the child the submission, and the public checks
+    the student's code, so the three can never disagree about what a sequence means.
+    """
+    slots = list(values)
+    for callee, arguments, selection in steps:
+        if callee.startswith("@"):
+            slot, _, name = callee[1:].partition(".")
+            target = slots[int(slot)]
+            target = getattr(target, name) if name else target
+        else:
+            target = getattr(module, callee)
+        slots.append(target(*[slots[i] for i in arguments]))
+        yield select(slots, {name: path for name, path in selection})
+
+
+# ----------------------------------------------------------------------------------------------
 # Framing
 # ----------------------------------------------------------------------------------------------
 

@@ -10,6 +10,11 @@ Why the backward gets the reference's cache: a student's backward is then graded
 whatever their forward does. The cache classes (`SoftmaxCache`, …) are skeleton code outside
 the solution blocks, so the submission rebuilds the same structure from the arrays it is sent.
 
+`Steps` grades what keeps state from one call to the next (an optimizer, a decoding cache): the
+child builds the object, or receives the state, then makes a whole sequence of calls in a row,
+the state living in the child between them, and every call's outputs are compared, so a step
+that forgets to update its state loses its point at the next call.
+
 Adding a function is one entry here. Adding a topic is its entries plus a line in TOPICS.
 """
 
@@ -35,6 +40,59 @@ class Backward(NamedTuple):
     dout: str  # name of the case value holding the upstream gradient
     outputs: dict  # gradient name → path; "d<arg>" is the gradient of arg, "grads" that of "params"
     target: tuple = (0,)  # the forward output that dout is the gradient of
+
+
+class Steps(NamedTuple):
+    """A sequence of calls in one child, compared after every call (see `sequence`).
+
+    The case holds "steps", a list with one dict per call of that call's own values (a gradient,
+    a token). `build`, when given, is called first, once: (constructor of the module, names of
+    case values it takes). Each call is `callee(*args)`: a function of the module, or ".name" a
+    method of the built object, "." the object itself. An argument name is a key of the step's
+    dict, else a case value shared by every call: sent once, so what one call changes in it is
+    what the next call gets. `outputs`: name → path whose first element is "return" or an
+    argument's name; `inspect`: a method of the built object whose result is compared after
+    every call too ("state_dict": the optimizer's state).
+    """
+
+    function: str  # what is graded, as its NotImplementedError names it: "SGD.step", "decoder_step"
+    build: tuple
+    callee: str
+    args: tuple
+    outputs: dict
+    inspect: str = ""
+    label: str = "step"  # one call, in the feedback: "step 2: params.W differs"
+
+
+def sequence(call, case):
+    """(slots, steps, names) for protocol.run_steps: the values to send, the calls, and what the
+    feedback calls each of those calls."""
+    slots = []
+
+    def slot(value):
+        slots.append(value)
+        return len(slots) - 1
+
+    built = [slot(case[name]) for name in call.build[1]] if call.build else []
+    shared = {name: slot(case[name]) for name in dict.fromkeys(call.args) if name not in case["steps"][0]}
+    own = [{name: slot(value) for name, value in step.items()} for step in case["steps"]]
+    first, steps, names = len(slots), [], []
+    if call.build:
+        steps.append([call.build[0], built, []])
+        names.append(f"{call.build[0]}({', '.join(call.build[1])})")
+    obj = first  # the built object's slot
+    callee = f"@{obj}{call.callee}".rstrip(".") if call.callee.startswith(".") else call.callee
+    for k, values in enumerate(own, start=1):
+        arguments = [values[name] if name in values else shared[name] for name in call.args]
+        result = first + len(steps)
+        selection = [[f"{call.label} {k}: {name}", [result if path[0] == "return" else arguments[call.args.index(path[0])],
+                                                    *path[1:]]] for name, path in call.outputs.items()]
+        steps.append([callee, arguments, selection])
+        names.append(f"{call.label} {k}")
+        if call.inspect:
+            steps.append([f"@{obj}.{call.inspect}", [], [[f"{call.label} {k}: {call.inspect}", [first + len(steps)]]]])
+            names.append(f"{call.inspect}() after {call.label} {k}")
+    return slots, steps, names
 
 
 class Task(NamedTuple):
@@ -281,26 +339,94 @@ TRANSFORMER += pair("transformer", "cross_entropy", by_dtype(_cross_entropy),
 
 @st.composite
 def _decoder_step(draw, dtype):
-    """A tiny model and a decoding state after 0 to T − 1 steps of the reference (its key/value
-    cache filled that far), and the next token of every row: the step must attend over the cache."""
+    """A tiny model, a decoding state after 0 to T − 1 steps of the reference (its key/value cache
+    filled that far), and the next 1 to T − that many tokens of every row, fed one call after
+    another to the same state: each step must attend over the cache and add its own key and value
+    to it, or the next step's logits are wrong."""
     from scratch.decoding import decoder_step, start_decoding
 
     case = draw(S.transformer_cases(dtype))
-    steps = draw(st.integers(0, case.tgt_in.shape[1] - 1), label="steps already decoded")
+    t = case.tgt_in.shape[1]
+    done = draw(st.integers(0, t - 1), label="steps already decoded")
+    calls = draw(st.integers(1, t - done), label="calls in a row")
     state = start_decoding(case.src, case.params, case.config)
-    for j in range(steps):
+    for j in range(done):
         decoder_step(case.tgt_in[:, j], state, case.params, case.config)
-    return {"tokens": case.tgt_in[:, steps], "state": state, "params": case.params, "config": case.config}
+    return {"state": state, "params": case.params, "config": case.config,
+            "steps": [{"tokens": case.tgt_in[:, j]} for j in range(done, done + calls)]}
 
 
 DECODING = [Task("decoder_step", "decoding", by_dtype(_decoder_step),
-                 Forward("decoder_step", ("tokens", "state", "params", "config"), {"logits": ()}), "logits (N, V)")]
+                 Steps("decoder_step", (), "decoder_step", ("tokens", "state", "params", "config"), {"logits": ("return",)}),
+                 "logits (N, V)")]
+
+# ----------------------------------------------------------------------------------------------
+# optim
+# ----------------------------------------------------------------------------------------------
+
+_PARAMETER_NAMES = ("W", "b", "attn.W_q")  # a dotted name, as the models' flat dicts have
+
+
+def _gradients(dtype, shape):
+    """floats() with |g| < 1e-6 set to 0: a gradient of 1e-160 squares to a subnormal, whose
+    rounding is no longer relative, and two correct Adams would then disagree through v alone."""
+    return S.floats(dtype, shape).map(lambda a: np.where(np.abs(a) < 1e-6, 0.0, a).astype(dtype))
+
+
+@st.composite
+def _optimizer_steps(draw, dtype):
+    """A flat dict of parameters and 1 to 4 steps of gradients with its keys and shapes."""
+    names = draw(st.lists(st.sampled_from(_PARAMETER_NAMES), min_size=1, max_size=2, unique=True), label="names")
+    shapes = {name: draw(hnp.array_shapes(min_dims=1, max_dims=2, max_side=3), label=f"shape of {name}") for name in names}
+    params = {name: draw(S.floats(dtype, shape)) for name, shape in shapes.items()}
+    grads = st.fixed_dictionaries({name: _gradients(dtype, shape) for name, shape in shapes.items()})
+    return {"params": params, "steps": draw(st.lists(grads.map(lambda g: {"grads": g}), min_size=1, max_size=4))}
+
+
+def _sgd(dtype):
+    """SGD as torch.optim.SGD has it: momentum 0 (plain steps) or heavy-ball momentum."""
+    settings = st.fixed_dictionaries({"lr": st.sampled_from([0.1, 1.0, 0.01]), "momentum": st.sampled_from([0.9, 0.0, 0.5])})
+    return st.tuples(settings, _optimizer_steps(dtype)).map(lambda sc: {**sc[0], **sc[1]})
+
+
+def _adam(dtype):
+    """Adam with torch's defaults for β and ε, or with a short memory (β2 = 0.9) where the bias
+    correction stays large for several steps, or β1 = 0 (no momentum); ε of 1e-8 or 1e-3."""
+    settings = st.fixed_dictionaries({"lr": st.sampled_from([0.1, 1.0, 0.01]),
+                                      "betas": st.sampled_from([(0.9, 0.999), (0.5, 0.9), (0.0, 0.99)]),
+                                      "eps": st.sampled_from([1e-8, 1e-3])})
+    return st.tuples(settings, _optimizer_steps(dtype)).map(lambda sc: {**sc[0], **sc[1]})
+
+
+@st.composite
+def _schedule(draw):
+    """Eq. (3)'s d_model and warmup, then the steps asked for: step 1, the last step of the warm-up
+    (the peak) and the next, anywhere in between, and far past it, where the rate decays as 1/√step."""
+    d_model = draw(st.sampled_from([512, 64]) | st.integers(1, 1024), label="d_model")
+    warmup = draw(st.integers(1, 4000), label="warmup")
+    step = st.one_of(st.just(1), st.just(warmup), st.just(warmup + 1), st.integers(1, 2 * warmup), st.integers(10**5, 10**7))
+    steps = draw(st.lists(step, min_size=1, max_size=5), label="steps")
+    return {"d_model": d_model, "warmup": warmup, "steps": [{"step": s} for s in steps], "dtype": "float64"}
+
+
+OPTIM = [
+    Task("sgd_step", "optim", by_dtype(_sgd), Steps("SGD.step", ("SGD", ("lr", "momentum")), ".step", ("params", "grads"),
+                                                    {"params": ("params",)}, inspect="state_dict"),
+         "None (the arrays of params are updated in place)"),
+    Task("adam_step", "optim", by_dtype(_adam), Steps("Adam.step", ("Adam", ("lr", "betas", "eps")), ".step", ("params", "grads"),
+                                                      {"params": ("params",)}, inspect="state_dict"),
+         "None (the arrays of params are updated in place)"),
+    Task("transformer_schedule", "optim", _schedule(), Steps("transformer_schedule", ("transformer_schedule", ("d_model", "warmup")),
+                                                             ".", ("step",), {"lr": ("return",)}, label="call"),
+         "a schedule: a function of the step returning a float"),
+]
 
 # ----------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------
 
-TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE, "gan": GAN, "transformer": TRANSFORMER, "decoding": DECODING}
+TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE, "gan": GAN, "transformer": TRANSFORMER, "decoding": DECODING,
+         "optim": OPTIM}
 
 # topic → the modules it hands out, in the order a student works through them; the scratch
 # modules these import are handed out too (transformer's decoding brings encoder_decoder, the
@@ -311,6 +437,7 @@ TOPICS = {
     "vae": ("layers", "vae"),
     "gan": ("layers", "gan"),
     "transformer": ("layers", "attention", "transformer", "decoding"),
+    "optim": ("optim",),
 }
 
 

@@ -8,6 +8,11 @@ folder off sys.path; this script then puts the submission first, so `scratch.<mo
 everything it imports come from the submission. `protocol.py` is loaded by file path, so a
 submission cannot shadow it with a module of the same name.
 
+A request is one call, `function(*args)`, and its reply the outputs `select` names; or, when it
+carries `steps`, a sequence of calls (`protocol.run_steps`: build an optimizer and step it, feed
+decoder_step one token after another) whose objects stay in this process from call to call, the
+reply holding every call's outputs, and on an exception the number of calls that had returned.
+
 Nothing here is trusted by the parent: the submission runs in this process and may change
 anything in it. The parent only ever receives arrays, which it checks itself.
 """
@@ -38,7 +43,7 @@ def describe(error, submission):
 def main():
     fd_in, fd_out, submission, module_name = int(sys.argv[1]), int(sys.argv[2]), os.path.abspath(sys.argv[3]), sys.argv[4]
     protocol = load_protocol()
-    send, encode = protocol.write_message, protocol.encode  # held before the submission can patch them
+    send, encode, run_steps = protocol.write_message, protocol.encode, protocol.run_steps  # held before the submission can patch them
     sys.path.insert(0, submission)
     try:
         module = importlib.import_module(f"scratch.{module_name}")
@@ -57,13 +62,20 @@ def main():
         if header is None:
             return
         meta, arrays = protocol.decode(protocol.read_exactly(fd_in, int.from_bytes(header, "big")))
+        done = 0  # calls of a sequence that returned
         try:
             args = protocol.unpack(meta["args"], arrays, find_class)
-            result = getattr(module, meta["function"])(*args)
-            outputs = protocol.select(result, {name: path for name, path in meta["select"]})
+            if "steps" in meta:  # a sequence of calls, the state kept in this process from one to the next
+                outputs = {}
+                for selected in run_steps(module, args, meta["steps"]):
+                    outputs.update(selected)
+                    done += 1
+            else:
+                result = getattr(module, meta["function"])(*args)
+                outputs = protocol.select(result, {name: path for name, path in meta["select"]})
             reply = encode({"status": "ok"}, outputs)
         except BaseException as error:
-            reply = encode({"status": "error", **describe(error, submission)})
+            reply = encode({"status": "error", **describe(error, submission), **({"step": done} if "steps" in meta else {})})
         send(fd_out, reply)
 
 

@@ -23,8 +23,8 @@ CASE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases")
 
 class Case(NamedTuple):
     id: str
-    spec: dict  # module, function, kind, outputs, exact, tolerance; backward: forward, target
-    case: dict  # args, expected, dtype, gradcheck; backward: forward_args
+    spec: dict  # module, function, marker, kind, outputs, exact, tolerance; backward: forward, target
+    case: dict  # args, expected, dtype, gradcheck; backward: forward_args; steps: the sequence of calls
     arrays: dict
 
 
@@ -44,11 +44,19 @@ def load_cases(folder=CASE_DIR):
 
 
 def run_case(c):
-    """Call the function on the stored input and compare every output with the stored one."""
+    """Call the function on the stored input and compare every output with the stored one.
+
+    A function that keeps state (an optimizer's step, decoder_step and its cache) is called
+    several times in a row, the state kept from one call to the next, and its outputs after
+    every call are compared, in order: "step 2: params.W" is the parameters after the second."""
     module = importlib.import_module(f"scratch.{c.spec['module']}")
     args = protocol.unpack(c.case["args"], c.arrays, find_class)
-    result = getattr(module, c.spec["function"])(*args)
-    received = protocol.select(result, dict(c.spec["outputs"]))
+    if c.spec["kind"] == "steps":
+        received = {}
+        for outputs in protocol.run_steps(module, args, c.case["steps"]):
+            received.update(outputs)
+    else:
+        received = protocol.select(getattr(module, c.spec["function"])(*args), dict(c.spec["outputs"]))
     expected = {name: c.arrays[key] for name, key in c.case["expected"].items()}
     assert sorted(received) == sorted(expected), f"{c.spec['function']} returned outputs {sorted(received)}, expected {sorted(expected)}"
     for name, e in expected.items():

@@ -18,7 +18,7 @@ GRADCHECK_RTOL = 1e-6
 
 
 def marked(cases):
-    return [pytest.param(c, id=c.id, marks=getattr(pytest.mark, c.spec["function"])) for c in cases]
+    return [pytest.param(c, id=c.id, marks=getattr(pytest.mark, c.spec["marker"])) for c in cases]
 
 
 @pytest.mark.parametrize("case", marked(CASES))
