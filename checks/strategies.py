@@ -654,3 +654,17 @@ def gpt_cases(draw, dtype, max_layers=2):
     b, t = draw(st.integers(1, 3), label="B"), draw(st.integers(1, config.block_size), label="T")
     tokens = draw(hnp.arrays(np.int64, (b, t), elements=st.integers(0, config.vocab_size - 1)), label="tokens")
     return GPTCase(tokens, gpt_params(rng, config, dtype), config, draw(floats(dtype, (b, t, config.vocab_size))))
+
+
+@st.composite
+def logits_with_ties(draw, max_rows=3, max_vocab=8):
+    """(B, V) float64 logits drawn from at most four levels, so that ties are common, at the top-k and
+    top-p boundaries too, with equal probabilities that sum exactly to boundaries like p = 0.5; now and
+    then −inf (a token removed already). Every row keeps at least one finite entry."""
+    b, v = draw(st.integers(1, max_rows), label="B"), draw(st.integers(1, max_vocab), label="V")
+    levels = draw(st.lists(st.sampled_from([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0]) | st.floats(-4, 4, allow_subnormal=False),
+                           min_size=1, max_size=4, unique=True), label="levels")
+    choices = st.sampled_from(levels) | st.just(-np.inf) if draw(st.booleans(), label="with −inf") else st.sampled_from(levels)
+    logits = draw(hnp.arrays(np.float64, (b, v), elements=choices), label="logits")
+    logits[np.isneginf(logits).all(axis=1), 0] = levels[0]
+    return logits
