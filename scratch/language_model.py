@@ -127,7 +127,8 @@ def bigram_nll(train_ids, test_ids, vocab_size, alpha=1.0):
     real = train[:, 1:] != PAD_ID
     np.add.at(counts, (train[:, :-1][real], train[:, 1:][real]), 1.0)
     counts[:, PAD_ID] = -alpha  # <pad> never follows anything: no smoothing mass for it
-    probs = (counts + alpha) / (counts + alpha).sum(axis=1, keepdims=True)  # (V, V), rows sum to 1
+    with np.errstate(invalid="ignore"):  # at α = 0 a row never seen (<pad>'s) is 0/0; no target reads it
+        probs = (counts + alpha) / (counts + alpha).sum(axis=1, keepdims=True)  # (V, V), rows sum to 1
     test = pad_sequences(test_ids)
     real = test[:, 1:] != PAD_ID
     return float(-np.log(probs[test[:, :-1][real], test[:, 1:][real]]).mean())
