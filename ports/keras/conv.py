@@ -184,10 +184,16 @@ def _scratch_params(layer):
     if layer.data_format != "channels_last" or groups != 1:
         raise ValueError(f"layer must be channels_last with groups=1, got data_format={layer.data_format!r}, "
                          f"groups={groups}")
-    params = {"w": np.ascontiguousarray(ops.convert_to_numpy(layer.kernel).transpose(3, 2, 0, 1))}
+    params = {"w": np.ascontiguousarray(layer.kernel.numpy().transpose(3, 2, 0, 1))}
     if layer.use_bias:
-        params["b"] = ops.convert_to_numpy(layer.bias)
+        params["b"] = layer.bias.numpy()
     return params
+
+
+def _input(channels, dtype):
+    """The Sequential's declared input, NHWC of `dtype`. Without it a Sequential casts its input to
+    Keras's floatx, float32, before the first layer: float64 would silently lose its digits."""
+    return keras.Input((None, None, channels), dtype=dtype.name)
 
 
 def to_keras_conv2d(params, stride=1, padding=0, dilation=1):
@@ -210,7 +216,7 @@ def to_keras_conv2d(params, stride=1, padding=0, dilation=1):
         layer.bias.assign(b)
     if padding == (0, 0):
         return layer
-    return keras.Sequential([keras.layers.ZeroPadding2D(padding, dtype=w.dtype.name), layer])
+    return keras.Sequential([_input(w.shape[1], w.dtype), keras.layers.ZeroPadding2D(padding, dtype=w.dtype.name), layer])
 
 
 def from_keras_conv2d(layer):
@@ -231,7 +237,7 @@ def to_keras_conv_transpose2d(params, stride=1, padding=0, output_padding=0, dil
     CPU the layer cannot run with dilation_rate > 1.
     """
     w, b, c_out = _conv_params(params, "(C_in, C_out, kh, kw)")
-    padding = as_pair("padding", padding, 0)
+    padding = (ph, pw) = as_pair("padding", padding, 0)
     layer = keras.layers.Conv2DTranspose(c_out, w.shape[2:], strides=as_pair("stride", stride, 1), padding="valid",
                                          output_padding=as_pair("output_padding", output_padding, 0),
                                          dilation_rate=as_pair("dilation", dilation, 1), use_bias=b is not None,
@@ -242,7 +248,7 @@ def to_keras_conv_transpose2d(params, stride=1, padding=0, output_padding=0, dil
         layer.bias.assign(b)
     if padding == (0, 0):
         return layer
-    return keras.Sequential([layer, keras.layers.Cropping2D((padding, padding), dtype=w.dtype.name)])
+    return keras.Sequential([_input(w.shape[0], w.dtype), layer, keras.layers.Cropping2D(((ph, ph), (pw, pw)), dtype=w.dtype.name)])
 
 
 def from_keras_conv_transpose2d(layer):

@@ -138,4 +138,4 @@ def from_keras_batch_norm(layer):
         raise ValueError("layer must have center=True and scale=True (β and γ) to match scratch")
     arrays = {"gamma": layer.gamma, "beta": layer.beta, "running_mean": layer.moving_mean,
               "running_var": layer.moving_variance}
-    return {name: ops.convert_to_numpy(v) for name, v in arrays.items()}
+    return {name: v.numpy() for name, v in arrays.items()}
