@@ -72,45 +72,6 @@ def submissions(path, fail):
     return found, True
 
 
-def _grade_one(job):
-    """One submission, in a worker process of the pool: (name, results, seconds)."""
-    from checks.homework import grader
-    from checks.homework.tasks import tasks_for
-
-    name, folder, modules, budget, limits, isolation = job
-    start = time.monotonic()
-    results = grader.grade(folder, tasks_for(modules), budget, limits, isolation, _SLOT[0])
-    return name, results, time.monotonic() - start
-
-
-_SLOT = [0]  # this process's sandbox slot: each process of the pool has its own uid for its sandboxes
-
-
-def _pool_start(slots):
-    import ctypes
-    import signal
-
-    _SLOT[0] = slots.get()
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a pool process dies with the grader
-
-
-def graded(jobs, count):
-    """Grade the jobs `count` at a time, in order: yields (name, results, seconds)."""
-    if count == 1 or len(jobs) == 1:
-        yield from map(_grade_one, jobs)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("spawn")
-    slots = context.Queue()
-    for slot in range(1, count + 1):
-        slots.put(slot)
-    with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_pool_start, initargs=(slots,)) as pool:
-        yield from pool.map(_grade_one, jobs)
-
-
 def main(argv=None):
     top, commands = parser()
     args = top.parse_args(argv)
@@ -156,6 +117,8 @@ def main(argv=None):
     budget = grader.Budget(examples=args.examples, calls=args.calls)
     jobs = [(name, folder, modules, budget, limits, isolation) for name, folder in folders]
     graded_, outputs = [], []
+    from checks.homework.classes import graded
+
     for name, results, seconds in graded(jobs, args.jobs):
         graded_.append((name, results))
         got, most = grader.total(results)
