@@ -19,7 +19,8 @@ import pytest
 
 from checks.homework import adversaries, catalogue, grader, make, markers
 from checks.homework.sandbox import Limits, SubmissionError, Worker
-from checks.homework.tasks import TASKS, tasks_for
+from checks.homework.protocol import pack
+from checks.homework.tasks import TASKS, Steps, tasks_for
 
 pytestmark = pytest.mark.homework
 
@@ -188,6 +189,152 @@ def test_bug_loses_the_point_of_its_function(bug, tmp_path):
     assert hit.score == 0.0 and hit.status in ("failed", "error"), hit
     assert "smallest failing input" in hit.feedback and bug.expect in hit.feedback, hit.feedback
     assert all(r.score == 1.0 for r in results[1:]), f"{bug.name} also cost {results[1:]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Stateful tasks: a sequence of calls in one child, compared after every call (tasks.Steps)
+# ----------------------------------------------------------------------------------------------
+
+STATEFUL = [name for name, task in BY_NAME.items() if isinstance(task.call, Steps)]
+OPTIM_BUGS = [b for b in catalogue.BUGS if b.module == "optim"]
+
+# Correct, and written otherwise than the reference: none of them may lose a point.
+_ADAM_AS_THE_PAPER_ENDS_SECTION_2 = """\
+m[...] = beta1 * m + (1.0 - beta1) * g
+v[...] = beta2 * v + (1.0 - beta2) * g**2
+# α_t = α·√(1 − β2^t)/(1 − β1^t) and ε̂ = ε·√(1 − β2^t): the same step, rearranged
+step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+p -= step_size * m / (np.sqrt(v) + eps * math.sqrt(1.0 - beta2**t))
+"""
+_SGD_WITH_OUT = """\
+if self.momentum > 0.0:
+    b = self.buffers["momentum_buffer"][name]
+    np.multiply(b, self.momentum, out=b)
+    np.add(b, g, out=b)
+    g = b
+np.subtract(p, lr * g, out=p)
+"""
+_SCHEDULE_DIVIDED = """\
+return min(step**-0.5, step / warmup**1.5) / math.sqrt(d_model)
+"""
+_DECODER_STORES_FIRST = """\
+q, k, v = (_project(a, sa, which, h) for which in ("q", "k", "v"))
+if layer["self_k"] is None:
+    layer["self_k"], layer["self_v"] = k, v
+else:
+    layer["self_k"] = np.concatenate([layer["self_k"], k], axis=2)
+    layer["self_v"] = np.concatenate([layer["self_v"], v], axis=2)
+out, _ = scaled_dot_product_attention_forward(q, layer["self_k"], layer["self_v"])
+"""
+ALTERNATIVES = {("optim", "Adam.step"): _ADAM_AS_THE_PAPER_ENDS_SECTION_2, ("optim", "SGD.step"): _SGD_WITH_OUT,
+                ("optim", "transformer_schedule.schedule"): _SCHEDULE_DIVIDED,
+                ("decoding", "decoder_step.attend_past"): _DECODER_STORES_FIRST}
+
+
+def rewritten(folder, blocks=(), appended=None):
+    """The reference scratch/ in `folder`, with solution blocks replaced ({(module, block): body})
+    and text appended to modules ({module: source})."""
+    shutil.copytree(REPO / "scratch", folder / "scratch", ignore=shutil.ignore_patterns("__pycache__"))
+    for (module, block), body in dict(blocks).items():
+        path = folder / "scratch" / f"{module}.py"
+        path.write_text(catalogue.edit(path.read_text(), catalogue.Bug("", module, block, "", body, "")))
+    for module, source in (appended or {}).items():
+        path = folder / "scratch" / f"{module}.py"
+        path.write_text(path.read_text() + "\n" + source)
+    return folder
+
+
+def snapshot(value):
+    """A deep, comparable copy: the wire format's tree and a copy of every array in it."""
+    return pack(value)
+
+
+def same(a, b):
+    return a[0] == b[0] and a[1].keys() == b[1].keys() and all(
+        a[1][k].dtype == b[1][k].dtype and np.array_equal(a[1][k], b[1][k]) for k in a[1])
+
+
+def test_stateful_tasks_are_graded_over_sequences():
+    assert {"decoder_step", "sgd_step", "adam_step", "transformer_schedule"} <= set(STATEFUL)
+    assert len(OPTIM_BUGS) >= 5 and {b.function for b in OPTIM_BUGS} == {"sgd_step", "adam_step", "transformer_schedule"}
+
+
+def test_a_decoder_step_that_never_stores_its_key_and_value_loses_its_point_only_over_a_sequence(tmp_path):
+    bug = next(b for b in catalogue.BUGS if b.name.startswith("decoder step never stores"))
+    submission = catalogue.apply(bug, tmp_path)
+    task = BY_NAME["decoder_step"]
+    hit = grader.grade(submission, [task], BUDGET)[0]
+    assert hit.score == 0.0 and hit.status == "failed", hit
+    # shrunk to the shortest sequence that shows it: two calls from an empty cache
+    assert "2 calls in a row on the same state" in hit.feedback and "'self_k': None" in hit.feedback, hit.feedback
+    assert "step 2: logits differs" in hit.feedback and "every output of step 1 matched" in hit.feedback, hit.feedback
+    # One call per case, each from the reference's state, as the grader did before: every call is right.
+    one_call = task._replace(cases=task.cases.map(lambda case: {**case, "steps": case["steps"][:1]}))
+    assert grader.grade(submission, [one_call], BUDGET)[0].score == 1.0
+
+
+def test_correct_sequences_written_differently_keep_every_point(tmp_path):
+    submission = rewritten(tmp_path, ALTERNATIVES)
+    results = grader.grade(submission, [BY_NAME[name] for name in STATEFUL], BUDGET)
+    assert [(r.task, r.status) for r in results if r.score != 1.0] == [], [r.feedback for r in results if r.score != 1.0]
+    assert all(r.calls == BUDGET.examples for r in results), results  # every example ran, none stopped the search
+
+
+@pytest.mark.parametrize("bug", OPTIM_BUGS, ids=[b.name for b in OPTIM_BUGS])
+def test_an_optim_bug_costs_no_other_point_of_its_module(bug, tmp_path):
+    submission = catalogue.apply(bug, tmp_path)
+    results = grader.grade(submission, TASKS["optim"], BUDGET)
+    assert {r.task.split(".")[1]: r.score for r in results} == {t.name: float(t.name != bug.function) for t in TASKS["optim"]}
+
+
+def test_a_step_that_raises_midway_is_named(tmp_path):
+    raises = ("_step = decoder_step\n\n\ndef decoder_step(tokens, state, params, config):\n"
+              "    if state['t'] > 0:\n        raise RuntimeError('no second token')\n"
+              "    return _step(tokens, state, params, config)\n")
+    submission = rewritten(tmp_path, appended={"decoding": raises})
+    hit = grader.grade(submission, [BY_NAME["decoder_step"]], BUDGET)[0]
+    assert hit.status == "error" and "raised RuntimeError: no second token in step 2" in hit.feedback, hit.feedback
+    assert "2 calls in a row" in hit.feedback and "scratch/decoding.py" in hit.feedback, hit.feedback
+
+
+def test_the_state_sent_to_the_child_is_a_copy_it_cannot_change_for_the_parent(tmp_path):
+    """A decoder_step that scribbles over everything it is given, after answering: the case the parent
+    drew and the reference's answer stay as they were, while in the child the next call sees the damage."""
+    scribbles = ("_step = decoder_step\n\n\ndef decoder_step(tokens, state, params, config):\n"
+                 "    logits = _step(tokens, state, params, config)\n"
+                 "    for layer in state['layers']:\n        layer['cross_k'][...] = 1e6\n"
+                 "    for value in params.values():\n        value[...] = 0.0\n"
+                 "    tokens[...] = 0\n    return logits\n")
+    submission = rewritten(tmp_path, appended={"decoding": scribbles})
+    task = BY_NAME["decoder_step"]
+    case = next(c for c in make.draw_cases(task, 4) if len(c["steps"]) >= 2)
+    drawn = snapshot(case)
+    request = grader.prepare(task, case)  # the reference's decoder_step changes its state too: on a copy
+    assert same(snapshot(case), drawn)
+    answer = snapshot(request.expected)
+    worker = Worker(submission, "decoding", Limits())  # the copy is the wire format's, whatever the wall
+    try:
+        received = worker.call(request.function, request.args, {}, steps=request.steps)
+    finally:
+        worker.close()
+    assert same(snapshot(case), drawn) and same(snapshot(request.expected), answer)
+    assert np.array_equal(received["step 1: logits"], request.expected["step 1: logits"])
+    assert not np.allclose(received["step 2: logits"], request.expected["step 2: logits"])  # the child's own copy was hit
+
+
+def test_the_public_checks_run_sequences_and_catch_a_step_that_forgets(package, tmp_path):
+    out, _ = package
+    solved = tmp_path / "solved"
+    shutil.copytree(out, solved)
+    for module in MODULES:
+        (solved / "scratch" / f"{module}.py").write_text((REPO / "scratch" / f"{module}.py").read_text())
+    bug = next(b for b in catalogue.BUGS if b.name.startswith("decoder step never stores"))
+    decoding = solved / "scratch" / "decoding.py"
+    decoding.write_text(catalogue.edit(decoding.read_text(), bug))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "decoder_step or sgd_step"],
+                         cwd=solved, capture_output=True, text=True)
+    assert "1 failed, 7 passed" in run.stdout and "step 2: logits" in run.stdout, run.stdout[-3000:]
+    assert "test_expected_values[decoder_step-" in run.stdout, run.stdout[-3000:]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -269,6 +269,7 @@ def transformer_schedule(d_model, warmup):
             raise ValueError(f"step must be an int ≥ 1 (steps are counted from 1), got {step!r}")
         step = int(step)
         # BEGIN SOLUTION
+        # HINT: Eq. (3) in the docstring: a straight line up to step = warmup, then 1/√step; steps count from 1.
         # Eq. (3), Vaswani et al. 2017: lrate = d_model^−0.5 · min(step_num^−0.5, step_num · warmup_steps^−1.5)
         return d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
         # END SOLUTION

@@ -3,7 +3,8 @@
 
 def readme(topics, tasks, hints):
     cell = {t.name: hints.get(t.name, "").replace("|", "\\|") for t in tasks}  # a | would split the table's cell
-    rows = "\n".join(f"| `scratch/{t.module}.py` | `{t.name}` | `python -m pytest -m {t.name}` | {cell[t.name]} |" for t in tasks)
+    rows = "\n".join(f"| `scratch/{t.module}.py` | `{t.call.function}` | `python -m pytest -m {t.name}` | {cell[t.name]} |"
+                     for t in tasks)  # the function as written (SGD.step), its marker (sgd_step)
     return f"""# Homework: {", ".join(topics)}
 
 Every function listed below raises `NotImplementedError` until you write it. Its docstring says
