@@ -192,8 +192,9 @@ def grade_task(task, workers, budget):
                 record("not implemented", f"not implemented yet: {message}")
                 raise Stop
             where = "".join(f"\n  at {w}" for w in meta.get("where", [])) or f"\n  (its return value is not {task.returns})"
-            step = meta.get("step")
-            during = f" in {request.names[step]}" if request.steps and type(step) is int and 0 <= step < len(request.names) else ""
+            step = meta.get("step")  # in a sequence: how many calls had returned
+            named = request.steps is not None and type(step) is int and 0 <= step < len(request.names)
+            during = f" in {request.names[step]}" if named else ""
             record("error", f"raised {meta.get('message')}{during}{where}", case)
             raise AssertionError
         except WorkerFailed as error:

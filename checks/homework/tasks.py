@@ -416,9 +416,9 @@ OPTIM = [
     Task("adam_step", "optim", by_dtype(_adam), Steps("Adam.step", ("Adam", ("lr", "betas", "eps")), ".step", ("params", "grads"),
                                                       {"params": ("params",)}, inspect="state_dict"),
          "None (the arrays of params are updated in place)"),
-    Task("transformer_schedule", "optim", _schedule(), Steps("transformer_schedule", ("transformer_schedule", ("d_model", "warmup")),
-                                                             ".", ("step",), {"lr": ("return",)}, label="call"),
-         "a schedule: a function of the step returning a float"),
+    Task("transformer_schedule", "optim", _schedule(),
+         Steps("transformer_schedule", ("transformer_schedule", ("d_model", "warmup")), ".", ("step",), {"lr": ("return",)},
+               label="call"), "a schedule: a function of the step returning a float"),
 ]
 
 # ----------------------------------------------------------------------------------------------

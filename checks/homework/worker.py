@@ -43,7 +43,8 @@ def describe(error, submission):
 def main():
     fd_in, fd_out, submission, module_name = int(sys.argv[1]), int(sys.argv[2]), os.path.abspath(sys.argv[3]), sys.argv[4]
     protocol = load_protocol()
-    send, encode, run_steps = protocol.write_message, protocol.encode, protocol.run_steps  # held before the submission can patch them
+    # held before the submission can patch them
+    send, encode, run_steps = protocol.write_message, protocol.encode, protocol.run_steps
     sys.path.insert(0, submission)
     try:
         module = importlib.import_module(f"scratch.{module_name}")
