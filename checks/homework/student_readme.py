@@ -35,7 +35,11 @@ Two kinds of checks run for each function:
 - **expected values**: your function on a few fixed inputs (stored in `tests/cases/`), compared
   with what the reference solution returned on them, within a tolerance that depends on the
   dtype (float32 inputs must give float32 outputs). A backward is called with the reference
-  forward's cache, so you can write and check it before your forward is right.
+  forward's cache, so you can write and check it before your forward is right. What keeps state
+  (an optimizer's `step`, `decoder_step` and its key/value cache) is called several times in a
+  row, the state kept from one call to the next, and compared after every call: `step 2:
+  params.W` is the parameters after the second step, `step 1: state_dict.m.W` Adam's first
+  moment after the first.
 - **gradients**: your backward against central differences of your own forward along a random
   direction, with a random upstream gradient (`scratch/gradcheck.py`; you can call
   `check_vjp` yourself while you work).
