@@ -291,3 +291,49 @@ def test_gradescope_package_grades_a_submission(tmp_path):
     assert len(tests) == len(attention) and data["extra_data"]["isolation"] in WALLS
     assert [name for name, t in tests.items() if t["score"] != 1.0] == ["attention.softmax_forward"]
     assert data["score"] == len(attention) - 1.0 and tests["attention.softmax_forward"]["output"].startswith("failed")
+
+
+# ----------------------------------------------------------------------------------------------
+# Speed without changing a grade: the replay of a passing run's inputs (grader._PASSED)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_replay_of_passing_inputs_changes_no_grade(tmp_path, monkeypatch):
+    """Graded cold (nothing recorded) and warm (after the reference passed every task): the same
+    status, feedback and number of inputs, for the reference and for a classic bug of each kind."""
+    tasks = [BY_NAME[name] for name in ("softmax_forward", "softmax_backward", "tanh_backward", "causal_mask")]
+    bugs = [b for b in catalogue.BUGS if b.function in ("softmax_backward", "tanh_backward")]
+    folders = [REPO] + [catalogue.apply(bug, tmp_path / bug.name.replace(" ", "_")) for bug in bugs]
+    monkeypatch.setattr(grader, "_PASSED", {})
+    cold = []
+    for folder, bug in zip(folders[1:], bugs):
+        grader._PASSED.clear()
+        cold.append(grader.grade(folder, tasks, BUDGET))
+        assert {key[1] for key in grader._PASSED} == {t.name for t in tasks} - {bug.function}  # passes alone recorded
+    grader._PASSED.clear()
+    reference = grader.grade(REPO, tasks, BUDGET)
+    assert {key[1] for key in grader._PASSED} == {t.name for t in tasks}
+    calls = []
+    original = sandbox.Worker.call
+    monkeypatch.setattr(sandbox.Worker, "call", lambda self, *a, **k: calls.append(a[0]) or original(self, *a, **k))
+    again = grader.grade(REPO, tasks, BUDGET)
+    assert len(calls) == sum(r.calls for r in reference)  # the replay asks exactly what the search asked
+    warm = [grader.grade(folder, tasks, BUDGET) for folder in folders[1:]]
+    same = lambda rs: [(r.task, r.score, r.status, r.feedback, r.calls) for r in rs]  # noqa: E731
+    assert same(again) == same(reference) and all(r.score == 1.0 for r in reference)
+    for before, after, bug in zip(cold, warm, bugs):
+        assert same(after) == same(before), bug.name
+        assert [r.task.split(".")[1] for r in after if r.score == 0.0] == [bug.function]
+
+
+def test_one_submission_split_over_two_processes_gets_the_same_grade(tmp_path):
+    bug = next(b for b in catalogue.BUGS if b.function == "softmax_backward")
+    submission = catalogue.apply(bug, tmp_path / "bob")
+    reports = {}
+    for jobs in ("1", "2"):
+        result = cli("grade", str(submission), "--topics", "attention", "--examples", "5", "--calls", "40", "--quiet",
+                     "--jobs", jobs, "--json", f"r{jobs}.json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        reports[jobs] = [(t["name"], t["score"], t["output"]) for t in json.loads((tmp_path / f"r{jobs}.json").read_text())["tests"]]
+    assert reports["1"] == reports["2"]
+    assert [name for name, score, _ in reports["2"] if score == 0.0] == ["attention.softmax_backward"]

@@ -18,9 +18,12 @@ def _grade_one(job):
     from checks.homework import grader
     from checks.homework.tasks import tasks_for
 
-    name, folder, modules, budget, limits, isolation = job
+    name, folder, modules, budget, limits, isolation, *share = job
+    tasks = tasks_for(modules)
+    if share:  # (k, n): the tasks k, k + n, k + 2n … of one submission split over n processes
+        tasks = tasks[share[0]::share[1]]
     start = time.monotonic()
-    results = grader.grade(folder, tasks_for(modules), budget, limits, isolation, _SLOT[0])
+    results = grader.grade(folder, tasks, budget, limits, isolation, _SLOT[0])
     return name, results, time.monotonic() - start
 
 
@@ -34,8 +37,11 @@ def _pool_start(slots):
 
 
 def graded(jobs, count):
-    """Grade the jobs `count` at a time, in order: yields (name, results, seconds)."""
-    if count == 1 or len(jobs) == 1:
+    """Grade the jobs `count` at a time, in order: yields (name, results, seconds).
+
+    A single submission is split instead: its tasks dealt round-robin over `count` processes
+    (every module's tasks spread over all of them), the results put back in task order."""
+    if count == 1:
         yield from map(_grade_one, jobs)
         return
     import multiprocessing
@@ -46,4 +52,12 @@ def graded(jobs, count):
     for slot in range(1, count + 1):
         slots.put(slot)
     with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_pool_start, initargs=(slots,)) as pool:
-        yield from pool.map(_grade_one, jobs)
+        if len(jobs) > 1:
+            yield from pool.map(_grade_one, jobs)
+            return
+        start = time.monotonic()
+        parts = list(pool.map(_grade_one, [(*jobs[0], k, count) for k in range(count)]))
+        results = [None] * sum(len(part[1]) for part in parts)
+        for k, (_, part, _) in enumerate(parts):
+            results[k::count] = part
+        yield jobs[0][0], results, time.monotonic() - start

@@ -97,6 +97,7 @@ class Request(NamedTuple):
     expected: dict  # {name: array}
     steps: list = None  # a sequence (tasks.Steps): the calls protocol.run_steps makes on `args`
     names: list = None  # what the feedback calls each of those calls
+    dtype: str = None  # the case's tolerance row, kept for a replay
 
 
 def prepare(task, case):
@@ -154,10 +155,45 @@ def _earlier_calls(call, output):
     return f"\n(every output of {calls} matched: {call.label} {k} is the first call that went wrong)"
 
 
+# Every passing submission is shown the same inputs in the same order: the search is
+# derandomized, and nothing steers it but failures. So the first submission that passes a task
+# leaves its requests here (with the reference's answers), and the next ones are asked those
+# first, with no search and no reference to run. Any disagreement falls back to the full
+# search, which then finds exactly what it would have found without this: the grade is the
+# same either way, only faster for a class of mostly passing submissions.
+_PASSED = {}  # (module, task, examples, calls) → [Request, …] of a passing run
+
+
+def _replay(task, workers, requests, start):
+    """The Result of asking the child the recorded requests, or None at the first disagreement."""
+    try:
+        worker = workers.get(task.module)
+        for request in requests:
+            if request.steps is None:
+                received = worker.call(request.function, request.args, task.call.outputs)
+            else:
+                received = worker.call(request.function, request.args, {}, steps=request.steps)
+            if mismatch(received, request.expected, request.dtype, task.exact) is not None:
+                return None
+    except SubmissionError:
+        return None
+    except WorkerFailed:
+        workers.drop(task.module)
+        return None
+    return Result(f"{task.module}.{task.name}", 1.0, 1.0, "passed", f"passed on {len(requests)} inputs drawn by Hypothesis",
+                  len(requests), time.monotonic() - start)
+
+
 def grade_task(task, workers, budget):
     """Search for an input on which the submission disagrees with the reference; return a Result."""
     state = {"calls": 0, "failure": None, "status": None}
     start = time.monotonic()
+    key, asked = (task.module, task.name, budget.examples, budget.calls), []
+    if key in _PASSED:
+        result = _replay(task, workers, _PASSED[key], start)
+        if result is not None:
+            return result
+        start = time.monotonic()  # the search's own time, as without the replay
 
     def record(status, text, case=None):
         state["status"], state["failure"] = status, (text, case)
@@ -177,6 +213,7 @@ def grade_task(task, workers, budget):
         except Exception as error:  # the reference refused the case: a bug of the grader, not the student's
             record("grader error", f"the reference raised {type(error).__name__}: {error}", case)
             raise Stop from None
+        asked.append(request._replace(dtype=case["dtype"]))
         try:
             worker = workers.get(task.module)
             if request.steps is None:
@@ -218,6 +255,7 @@ def grade_task(task, workers, budget):
         pass
     seconds = time.monotonic() - start
     if state["status"] is None:
+        _PASSED[key] = asked
         return Result(f"{task.module}.{task.name}", 1.0, 1.0, "passed",
                       f"passed on {state['calls']} inputs drawn by Hypothesis", state["calls"], seconds)
     text, case = state["failure"]
