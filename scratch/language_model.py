@@ -11,6 +11,7 @@ counts once: the held-out loss is in nats per character, the end of each example
 """
 
 import contextlib
+import functools
 import json
 from typing import NamedTuple
 
@@ -80,13 +81,25 @@ class LMData(NamedTuple):
 
 
 def load_lm_data(data="names", held_out=None, split_seed=0):
-    """The examples of --data, split into train and held-out test, and their vocabulary.
+    """The examples of --data, split into train and held-out test, and their vocabulary (treat as read-only).
 
     "names" (= "names:last"): the 88,799 census surnames, lowercase, 2,000 held out; "names:first":
     the 5,163 first names, 2,000 held out too; "text:FILE": the non-blank lines of a UTF-8 file,
     10% held out (at least 1). The split is a pure function of split_seed (not of the training
     seed), so every run and every implementation is scored on the same held-out examples.
+    The names are read and encoded once per process (a text file every time: it may have changed).
     """
+    if data in ("names", "names:last", "names:first"):
+        return _load_names_data(data, held_out, split_seed)
+    return _load_lm_data(data, held_out, split_seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_names_data(data, held_out, split_seed):
+    return _load_lm_data(data, held_out, split_seed)
+
+
+def _load_lm_data(data, held_out, split_seed):
     if data in ("names", "names:last", "names:first"):
         kind = "first" if data == "names:first" else "last"
         examples, default_held_out = D.load_names(kind), D.NAMES_HELD_OUT
