@@ -215,6 +215,12 @@ def bench_vae_step(args):
     return bench_vae(args, report)
 
 
+def bench_conv_step(args):
+    from checks.bench_conv import bench_conv
+
+    return bench_conv(args, report)
+
+
 def bench_homework(args):
     from checks.homework.bench import bench_homework as bench
 
@@ -234,7 +240,7 @@ def bench_transformer_step(args):
 
 
 BENCHES = {"attention": bench_attention, "vae": bench_vae_step, "gan": bench_gan_step, "transformer": bench_transformer_step,
-           "homework": bench_homework}
+           "conv": bench_conv_step, "homework": bench_homework}
 
 
 def main(argv=None):
