@@ -18,6 +18,7 @@ import time
 FIGURES = [
     "attention_masks",
     "attention_scale",
+    "conv_arithmetic",
     "port_errors",
     "vae",
     "gan",
