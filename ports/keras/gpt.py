@@ -14,6 +14,8 @@ next-token cross-entropy with padding ignored, so `model.fit(inputs, targets)` t
 Shape letters as in scratch: B batch, T positions, V vocabulary, D model width, H heads, Dh = D / H.
 """
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -201,6 +203,10 @@ class GPTBlock(keras.layers.Layer):
         dtype = self.dtype_policy
         self.ln_1 = keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype, name="ln_1")
         self.attn = keras.layers.MultiHeadAttention(n_head, d_model // n_head, dtype=dtype, name="attn")
+        # MultiHeadAttention keeps 1/√Dh as a Python float, which its TensorFlow kernel casts through float32
+        # (1e-8 off in float64 unless Dh is a power of 4); a NumPy scalar of the compute dtype is cast exactly.
+        # (checks/test_gpt_ports.py shows the difference.)
+        self.attn._inverse_sqrt_key_dim = np.asarray(1.0 / math.sqrt(d_model // n_head), self.compute_dtype)
         self.ln_2 = keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype, name="ln_2")
         self.c_fc = keras.layers.Dense(4 * d_model, dtype=dtype, name="c_fc")
         self.c_proj = keras.layers.Dense(d_model, dtype=dtype, name="c_proj")
