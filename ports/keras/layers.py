@@ -19,7 +19,9 @@ and the converters translate them:
 
 Also: Keras's default epsilon is 1e-3, PyTorch's 1e-5; the converter passes scratch's. And on
 TensorFlow `ops.batch_normalization` is tf.nn.batch_normalization, the same map rearranged as
-x·s + (β − μ·s), s = γ / √(σ² + ε) (see ports/tensorflow/layers.py for what that costs in rounding).
+x·s + (β − μ·s), s = γ / √(σ² + ε): batch_norm_eval uses it, but differentiated in training it
+loses digits (up to 1e-4 of the scale in float32 on the checks' cases, see ports/tensorflow/layers.py),
+so the training forward writes Alg. 1 out as scratch does.
 
 Shape letters as in scratch: B batch, C channels, H × W an image; N = B·H·W values per channel.
 """
@@ -63,8 +65,10 @@ def batch_norm_forward(x, gamma, beta, eps=1e-5):
         # Alg. 1, Ioffe & Szegedy 2015: μ = (1/N) Σ x, σ² = (1/N) Σ (x − μ)²
         mean, var = ops.moments(xt, axes=_channel_axes(xt))  # (C,) each, σ² biased
         stats["mean"], stats["var"] = mean, var
-        # x̂ = (x − μ) / √(σ² + ε), y = γ x̂ + β, per channel on axis 1
-        return ops.batch_normalization(xt, mean, var, axis=1, offset=bt, scale=gt, epsilon=eps)  # (B, C[, H, W])
+        # x̂ = (x − μ) / √(σ² + ε), y = γ x̂ + β: written out, not ops.batch_normalization (module docstring)
+        shape = (1, -1) + (1,) * (len(xt.shape) - 2)  # (1, C[, 1, 1]): per channel on axis 1
+        x_hat = (xt - ops.reshape(mean, shape)) * ops.rsqrt(ops.reshape(var, shape) + eps)  # (B, C[, H, W])
+        return x_hat * ops.reshape(gt, shape) + ops.reshape(bt, shape)  # (B, C[, H, W])
 
     y, recording = record(normalise, x, gamma, beta)
     mean, var = (ops.convert_to_numpy(stats[k]) for k in ("mean", "var"))
