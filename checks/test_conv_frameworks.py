@@ -94,8 +94,9 @@ def test_torch_layers_match_scratch_after_conversion(transposed, data):
 @pytest.mark.parametrize("transposed", [False, True], ids=["Conv2d", "ConvTranspose2d"])
 def test_torch_layer_converts_to_scratch_and_back(transposed):
     """The other direction: a layer torch initialised itself → scratch params → a layer with the same tensors."""
-    torch = pytest.importorskip("torch")
     port = require("torch", "conv")
+    import torch
+
     torch.manual_seed(0)
     kind = torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d
     extra = dict(output_padding=(1, 0)) if transposed else {}
@@ -113,8 +114,9 @@ def test_torch_layer_converts_to_scratch_and_back(transposed):
 
 
 def test_torch_conv_converters_reject_what_scratch_does_not_compute():
-    torch = pytest.importorskip("torch")
     port = require("torch", "conv")
+    import torch
+
     for layer in (torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.Conv2d(2, 2, 3, padding_mode="reflect"),
                   torch.nn.Conv2d(2, 2, 3, padding="same")):
         with pytest.raises(ValueError, match="groups=1, padding_mode='zeros'"):
@@ -128,8 +130,9 @@ def test_torch_conv_converters_reject_what_scratch_does_not_compute():
 
 @given(case=batch_norm_cases(np.float64, image=True))
 def test_torch_batch_norm2d_matches_scratch_after_conversion(case):
-    torch = pytest.importorskip("torch")
     port = require("torch", "layers")
+    import torch
+
     params = {"gamma": case.gamma, "beta": case.beta, "running_mean": case.running_mean, "running_var": case.running_var}
     layer = port.to_torch_batch_norm(params)  # momentum 0.1, eps 1e-5: torch's defaults and scratch's
     assert (layer.momentum, layer.eps) == (0.1, 1e-5)
@@ -156,8 +159,9 @@ def test_torch_batch_norm2d_matches_scratch_after_conversion(case):
 def test_torch_batch_norm2d_running_statistics_after_several_steps(dtype):
     """Six training steps on batches of different sizes (N = 2 … 12 values per channel, where the
     unbiased correction N / (N − 1) differs most), then evaluation."""
-    torch = pytest.importorskip("torch")
     port = require("torch", "layers")
+    import torch
+
     rng = np.random.default_rng(3)
     c = 3
     gamma, beta = rng.uniform(0.5, 1.5, c).astype(dtype), rng.uniform(-0.5, 0.5, c).astype(dtype)
@@ -179,6 +183,26 @@ def test_torch_batch_norm2d_running_statistics_after_several_steps(dtype):
     assert eval_out.dtype == np.dtype(dtype)
     assert_close(eval_out, L.batch_norm_eval(x, gamma, beta, running_mean, running_var), impl="torch.nn.BatchNorm2d",
                  what="eval out after six steps")
+
+
+def test_torch_batch_norm2d_converts_to_scratch_and_back():
+    """A layer torch trained one step itself → scratch arrays → a layer with the same tensors and outputs."""
+    port = require("torch", "layers")
+    import torch
+
+    layer = torch.nn.BatchNorm2d(3, dtype=torch.float64).train()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5), layer.bias.uniform_(-0.5, 0.5)
+        layer(torch.randn(2, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2.0 + 1.0)
+    arrays = port.from_torch_batch_norm(layer)
+    assert sorted(arrays) == ["beta", "gamma", "running_mean", "running_var"]
+    again = port.to_torch_batch_norm(arrays, momentum=layer.momentum, eps=layer.eps)
+    for name, tensor in layer.state_dict().items():
+        if name != "num_batches_tracked":
+            assert torch.equal(again.state_dict()[name], tensor), f"nn.BatchNorm2d: {name} changed in the round trip"
+    x = torch.randn(1, 3, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), layer.eval()(x)), "nn.BatchNorm2d: evaluation changed in the round trip"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,9 +270,9 @@ def test_keras_conv2d_transpose_matches_scratch_after_conversion(case):
 @pytest.mark.parametrize("transposed", [False, True], ids=["Conv2D", "Conv2DTranspose"])
 def test_keras_layer_converts_to_scratch_and_back(transposed):
     """A layer Keras initialised itself → scratch params → a layer with the same kernel and bias."""
+    port = require("keras", "conv")
     import keras
 
-    port = require("keras", "conv")
     for bias in (True, False):
         kind = keras.layers.Conv2DTranspose if transposed else keras.layers.Conv2D
         layer = kind(5, (2, 3), strides=(2, 1), use_bias=bias, dtype="float64")
@@ -282,9 +306,9 @@ def test_keras_batch_normalization_trains_like_scratch_except_the_moving_varianc
     """Training output and gradients equal scratch's; the moving mean follows PyTorch's rule at
     Keras momentum 1 − m; the moving variance averages the *biased* batch variance, so it falls
     short of scratch's (PyTorch's) running_var by exactly m · σ² / (N − 1) after one step."""
+    port = require("keras", "layers")
     import tensorflow as tf
 
-    port = require("keras", "layers")
     params = {"gamma": case.gamma, "beta": case.beta, "running_mean": case.running_mean, "running_var": case.running_var}
     layer = port.to_keras_batch_norm(params)  # PyTorch's momentum 0.1 → Keras's 0.9; epsilon 1e-5, not Keras's 1e-3
     assert (layer.momentum, layer.epsilon, layer.axis) == (0.9, 1e-5, -1)
@@ -317,9 +341,9 @@ def test_keras_batch_normalization_trains_like_scratch_except_the_moving_varianc
 def test_keras_momentum_is_pytorchs_the_other_way_round():
     """Keras's default momentum 0.99 keeps 99% of the old average: PyTorch's momentum 0.01 (not 0.1,
     torch's default, which is Keras's 0.9). Measured on one step from moving mean 0 and variance 1."""
+    port = require("keras", "layers")
     import keras
 
-    port = require("keras", "layers")
     rng = np.random.default_rng(5)
     x = rng.standard_normal((6, 2)) * 3.0 + 4.0  # (B, C)
     _, cache = L.batch_norm_forward(x, np.ones(2), np.zeros(2))
@@ -356,6 +380,25 @@ def test_keras_batch_normalization_running_statistics_after_several_steps():
         assert_close(moved["running_mean"], running_mean, impl=impl, what=f"moving_mean {when}")
         assert_close(moved["running_var"], biased, impl=impl, what=f"moving_variance {when}")
         assert np.all(moved["running_var"] < running_var), f"{impl}: moving_variance {when} is not below scratch's"
+
+
+def test_keras_batch_normalization_converts_to_scratch_and_back():
+    """A layer Keras trained one step itself → scratch arrays → a layer with the same weights, outputs
+    and momentum (Keras's 0.9 is PyTorch's 0.1, the argument to_keras_batch_norm takes)."""
+    port = require("keras", "layers")
+    import keras
+
+    layer = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype="float64")
+    rng = np.random.default_rng(7)
+    layer(rng.standard_normal((2, 2, 2, 3)) * 2.0 + 1.0, training=True)
+    arrays = port.from_keras_batch_norm(layer)
+    assert sorted(arrays) == ["beta", "gamma", "running_mean", "running_var"]
+    again = port.to_keras_batch_norm(arrays, momentum=1.0 - layer.momentum, eps=layer.epsilon)
+    assert again.momentum == layer.momentum
+    for a, b in zip(again.weights, layer.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=f"BatchNormalization: {b.name} changed in the round trip")
+    x = rng.standard_normal((1, 2, 2, 3))
+    np.testing.assert_array_equal(np.asarray(again(x, training=False)), np.asarray(layer(x, training=False)))
 
 
 # ----------------------------------------------------------------------------------------------
