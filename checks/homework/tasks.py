@@ -422,11 +422,68 @@ OPTIM = [
 ]
 
 # ----------------------------------------------------------------------------------------------
+# conv (and batch norm, which lives in layers.py but is taught with the convolutions)
+# ----------------------------------------------------------------------------------------------
+
+_CONV_ARGS = ("x", "w", "b", "stride", "padding", "dilation")
+_CONV_TRANSPOSE_ARGS = ("x", "w", "b", "stride", "padding", "output_padding", "dilation")
+_CONV_GRADS = {"dx": (0,), "dw": (1,), "db": (2,)}
+
+
+def _conv(transposed, bias=False):
+    """S.conv_cases as a dict; bias=True gives every case a bias (a backward's db must be an array to
+    be compared, so the backward is graded with one; the forward also meets b = None)."""
+    @st.composite
+    def build(draw, dtype):
+        case = draw(S.conv_cases(dtype, transposed))
+        if bias and case.b is None:
+            case = case._replace(b=draw(S.floats(dtype, (case.dout.shape[1],)), label="b"))
+        return case._asdict()
+    return build
+
+
+def _batch_norm(dtype):
+    return S.batch_norm_cases(dtype).map(lambda c: c._asdict())
+
+
+@st.composite
+def _batch_norm_running(draw, dtype):
+    """The running statistics and a batch_norm_forward cache from the reference (the skeleton's
+    BatchNormCache), momentum 0.1 (PyTorch's) or another."""
+    from scratch.layers import batch_norm_forward
+
+    case = draw(S.batch_norm_cases(dtype))
+    _, cache = batch_norm_forward(case.x, case.gamma, case.beta)
+    return {"running_mean": case.running_mean, "running_var": case.running_var, "cache": cache,
+            "momentum": draw(st.sampled_from([0.1, 0.5, 1.0]), label="momentum")}
+
+
+CONV = [
+    Task("conv2d_forward", "conv", by_dtype(_conv(False)), Forward("conv2d_forward", _CONV_ARGS, {"out": (0,)}), "(out, cache)"),
+    Task("conv2d_backward", "conv", by_dtype(_conv(False, bias=True)),
+         Backward("conv2d_forward", _CONV_ARGS, "conv2d_backward", "dout", _CONV_GRADS), "(dx, dw, db)"),
+    Task("conv_transpose2d_forward", "conv", by_dtype(_conv(True)),
+         Forward("conv_transpose2d_forward", _CONV_TRANSPOSE_ARGS, {"out": (0,)}), "(out, cache)"),
+    Task("conv_transpose2d_backward", "conv", by_dtype(_conv(True, bias=True)),
+         Backward("conv_transpose2d_forward", _CONV_TRANSPOSE_ARGS, "conv_transpose2d_backward", "dout", _CONV_GRADS),
+         "(dx, dw, db)"),
+]
+LAYERS += pair("layers", "batch_norm", by_dtype(_batch_norm), ("x", "gamma", "beta"), {"y": (0,)}, "dout",
+               {"dx": (0,), "dgamma": (1,), "dbeta": (2,)}, "(dx, dgamma, dbeta)")
+LAYERS += [
+    Task("batch_norm_update_running", "layers", by_dtype(_batch_norm_running),
+         Forward("batch_norm_update_running", ("running_mean", "running_var", "cache", "momentum"),
+                 {"running_mean": (0,), "running_var": (1,)}), "(running_mean, running_var)"),
+    Task("batch_norm_eval", "layers", by_dtype(_batch_norm),
+         Forward("batch_norm_eval", ("x", "gamma", "beta", "running_mean", "running_var"), {"y": ()}), "y"),
+]
+
+# ----------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------
 
 TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE, "gan": GAN, "transformer": TRANSFORMER, "decoding": DECODING,
-         "optim": OPTIM}
+         "optim": OPTIM, "conv": CONV}
 
 # topic → the modules it hands out, in the order a student works through them; the scratch
 # modules these import are handed out too (transformer's decoding brings encoder_decoder, the
@@ -438,6 +495,7 @@ TOPICS = {
     "gan": ("layers", "gan"),
     "transformer": ("layers", "attention", "transformer", "decoding"),
     "optim": ("optim",),
+    "conv": ("layers", "conv"),  # batch norm's four functions are graded with layers
 }
 
 
