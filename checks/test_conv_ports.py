@@ -36,6 +36,25 @@ def assert_all_close(impl, what, actual, expected, dtype):
         assert_close(got, value, impl=impl, what=f"{what} {name}")
 
 
+NAMES = {
+    "conv": ("conv2d_forward", "conv2d_backward", "conv_transpose2d_forward", "conv_transpose2d_backward"),
+    "layers": ("batch_norm_forward", "batch_norm_backward", "batch_norm_update_running", "batch_norm_eval"),
+}
+
+
+@pytest.mark.parametrize("topic", sorted(NAMES))
+@pytest.mark.parametrize("impl", PORTS)
+def test_port_has_scratchs_names_and_arguments(impl, topic):
+    """Each port mirrors scratch: the same module, the same function names, the same argument names and defaults."""
+    import inspect
+
+    port, scratch = require(impl, topic), require("scratch", topic)
+    for name in NAMES[topic]:
+        assert hasattr(port, name), f"{impl}: ports/{impl}/{topic}.py has no {name}"
+        ours, theirs = inspect.signature(getattr(port, name)), inspect.signature(getattr(scratch, name))
+        assert str(ours) == str(theirs), f"{impl}: {name}{ours}, scratch has {name}{theirs}"
+
+
 @pytest.mark.parametrize("op", sorted(CASES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("impl", PORTS)
@@ -152,4 +171,5 @@ def test_bad_input_raises_scratchs_error(impl, what):
     topic, call = BAD_CALLS[what]
     expected = raised(call, require("scratch", topic))
     actual = raised(call, require(impl, topic))
-    assert actual == expected, f"{impl}: {what} raises {actual[0].__name__}({actual[1]!r}); scratch raises {expected[0].__name__}({expected[1]!r})"
+    assert actual == expected, (f"{impl}: {what} raises {actual[0].__name__}({actual[1]!r}); "
+                                f"scratch raises {expected[0].__name__}({expected[1]!r})")
