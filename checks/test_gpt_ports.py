@@ -361,3 +361,108 @@ def test_bad_input_raises_what_scratch_raises(impl, what):
         call(port)
     assert (type(raised.value), str(raised.value)) == (type(expected.value), str(expected.value)), \
         f"{impl}: {what} raised {raised.value!r}; scratch raises {expected.value!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: the same trajectory in scratch, PyTorch and TensorFlow; every port resumes exactly
+# ----------------------------------------------------------------------------------------------
+
+WORDS = ("anna bob carla dmitri eve farid gus hana ivo jun kira lev mia nils olga pia quinn rosa sam tove uma vic "
+         "wren xia yves zoe").split()
+STEPS = 30
+TRAINED_PORTS = ("torch", "tensorflow")  # Keras trains with its own AdamW (checked for resume only)
+
+
+@pytest.fixture(scope="module")
+def names_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpt") / "names.txt"
+    path.write_text("\n".join(WORDS * 3) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread: on a busy two-core machine its two spinning threads made a tiny step 30× slower."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def gpt_trainer(impl):
+    import importlib
+
+    from scratch import language_model as LM
+
+    if impl == "scratch":
+        return LM.ScratchGPTTrainer
+    require(impl, "gpt")
+    return importlib.import_module(f"ports.{impl}.train").TRAINERS["gpt"]
+
+
+@pytest.mark.parametrize("impl", TRAINED_PORTS)
+def test_port_training_trajectory_equals_scratch(impl, names_file, one_torch_thread):
+    """30 AdamW steps from the same weights on the same batches at the same warm-up + cosine rate:
+    the same losses and the same final weights, in float64, to rounding."""
+    from scratch import language_model as LM
+
+    data = LM.load_lm_data(f"text:{names_file}")
+    config = G.GPTConfig(len(data.vocab), data.block_size, n_layer=2, n_head=2, d_model=16)
+    runs = {}
+    for name in ("scratch", impl):
+        trainer = gpt_trainer(name)(config, data, 0, batch_size=16, lr=1e-2, warmup=5, decay_steps=STEPS,
+                                    dtype=np.float64, eval_samples=10)
+        runs[name] = (np.array([trainer.train_step(step) for step in range(1, STEPS + 1)]), trainer)
+    (expected, scratch), (actual, port) = runs["scratch"], runs[impl]
+    assert expected[0] - expected[-1] > 0.5, f"the loss went from {expected[0]:.3f} to {expected[-1]:.3f}: too little"
+    assert_close(actual, expected, impl=impl, what=f"losses of {STEPS} steps")
+    final = port.numpy_params()
+    for name, value in scratch.params.items():
+        assert_close(final[name], value, impl=impl, what=f"{name} after {STEPS} steps")
+
+
+def cli_args(names_file, out, steps, resume=False):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(data=f"text:{names_file}", steps=steps, seed=1, out=str(out), resume=resume, eval_every=3,
+                           batch_size=8, lr=1e-2, warmup=2, decay_steps=6, weight_decay=0.01, layers=1, heads=2,
+                           d_model=8, dtype="float32", quiet=True)
+
+
+@pytest.mark.parametrize("impl", PORTS)
+def test_run_resumes_exactly(impl, names_file, tmp_path, one_torch_thread):
+    """6 steps straight, or 3 then a resumed 3: the same checkpoint, array for array."""
+    from scratch import runs
+    from scratch.language_model import train_gpt
+
+    trainer = gpt_trainer(impl)
+    train_gpt(cli_args(names_file, tmp_path / "straight", 6), trainer)
+    train_gpt(cli_args(names_file, tmp_path / "stopped", 3), trainer)
+    train_gpt(cli_args(names_file, tmp_path / "stopped", 6, resume=True), trainer)
+    a, b = (runs.load_checkpoint(tmp_path / d / runs.CHECKPOINT) for d in ("straight", "stopped"))
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), f"{impl}: {name} differs after resuming"
+
+
+def test_scratch_samples_from_a_pytorch_checkpoint(names_file, tmp_path, capsys, one_torch_thread):
+    """`python -m ports.torch train gpt` writes the scratch layout: `python -m scratch sample` reads it."""
+    from scratch.__main__ import main
+    from scratch.language_model import load_sampler, sample_from
+
+    trainers = {"gpt": gpt_trainer("torch")}
+    out = tmp_path / "torch-run"
+    assert main(["train", "gpt", "--data", f"text:{names_file}", "--steps", "4", "--eval-every", "2", "--out", str(out),
+                 "--layers", "1", "--heads", "2", "--d-model", "8", "--warmup", "2", "--quiet"], implementation="torch",
+                trainers=trainers) == 0
+    capsys.readouterr()
+    checkpoint = str(out / "checkpoint.npz")
+    assert main(["sample", checkpoint, "--num", "6", "--seed", "3", "--temperature", "0.8", "--top-p", "0.95"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == sample_from(load_sampler(checkpoint), 6, 3, temperature=0.8, top_p=0.95)
+    assert len(printed) == 6

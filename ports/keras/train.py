@@ -8,16 +8,25 @@ trainers are the ones checked step for step. Checkpoints keep the weights in the
 plus Keras's optimizer variables and random-seed states, so a run resumes exactly.
 """
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from ports.keras.gan import from_keras_gan, to_keras_gan
+from ports.keras.gpt import _keras_weights as _gpt_keras_weights
+from ports.keras.gpt import from_keras_gpt, to_keras_gpt
 from ports.keras.transformer import TransformerSchedule, from_keras_translator, to_keras_translator, translate
 from ports.keras.vae import from_keras_vae, to_keras_vae
 from scratch import encoder_decoder as M
 from scratch import gan as G
+from scratch import language_model as LM
 from scratch import vae as V
+from scratch.gpt import parameter_shapes as gpt_parameter_shapes
+from scratch.language_model import GPTTrainer
+from scratch.optim import warmup_cosine
 from scratch.train import GANTrainer, VAETrainer
 from scratch.translation import TransformerTrainer
 
@@ -170,4 +179,75 @@ class KerasTransformerTrainer(TransformerTrainer):
             generator.state.assign(arrays[f"optim.keras.seed.{i}"])
 
 
-TRAINERS = {"vae": KerasVAETrainer, "gan": KerasGANTrainer, "transformer": KerasTransformerTrainer}
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """scratch/optim.py's warmup_cosine for a Keras optimizer: lr · s / warmup up to the warm-up, then a
+    half cosine down to lr_min at step `steps`, lr_min after. A Keras optimizer calls its schedule with
+    the number of updates made so far, so the step is that count + 1 (the first update takes rate(1)).
+    Computed in float32, as Keras keeps rates."""
+
+    def __init__(self, lr, warmup, steps, lr_min=0.0):
+        warmup_cosine(lr, warmup, steps, lr_min)  # scratch's checks of every argument
+        self.lr, self.warmup, self.steps, self.lr_min = float(lr), int(warmup), int(steps), float(lr_min)
+
+    def __call__(self, iterations):
+        step = ops.cast(iterations, "float32") + 1.0
+        warm = self.lr * step / max(self.warmup, 1)
+        progress = ops.clip((step - self.warmup) / max(self.steps - self.warmup, 1), 0.0, 1.0)  # 0 → 1
+        cosine = self.lr_min + (self.lr - self.lr_min) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        return ops.where(step <= self.warmup, warm, cosine)
+
+    def get_config(self):
+        return {"lr": self.lr, "warmup": self.warmup, "steps": self.steps, "lr_min": self.lr_min}
+
+
+class KerasGPTTrainer(GPTTrainer):
+    """ports/keras/gpt.py's GPT keras.Model trained by its own train_step (what fit runs), one batch per step,
+    with keras.optimizers.AdamW on `WarmupCosine`, the biases and layer-norm parameters excluded from decay.
+
+    Same initial weights, batches, rate and loss as scratch; Keras's AdamW (which moves ε, see
+    ports/tensorflow/optim.py) makes the trajectory its own. The batch's length varies with its names,
+    so train_step runs in one tf.function whose signature leaves B and T open: one graph for every
+    batch, in an unbroken run and in a resumed one alike. Checkpoints: the weights in the scratch
+    layout plus Keras's optimizer variables, so a run resumes exactly.
+    """
+
+    IMPLEMENTATION, OPTIMIZER = "keras", "keras.optimizers.AdamW"
+
+    def _build(self, params):
+        self.model = to_keras_gpt(params, self.model_config, pad_id=LM.PAD_ID)
+        beta_1, beta_2 = self.BETAS
+        optimizer = keras.optimizers.AdamW(WarmupCosine(self.lr, self.warmup, self.decay_steps, self.lr_min),
+                                           weight_decay=self.weight_decay, beta_1=beta_1, beta_2=beta_2, epsilon=self.EPS)
+        weights = _gpt_keras_weights(self.model)
+        optimizer.exclude_from_weight_decay(var_list=[v for name, v in weights.items() if name not in self.decay_names])
+        self.model.compile(optimizer=optimizer)
+        self.model.optimizer.build(self.model.trainable_variables)
+        ids = tf.TensorSpec((None, None), tf.int64)
+        self._train_step = tf.function(lambda x, y: self.model.train_step((x, y)), input_signature=[ids, ids],
+                                       autograph=False)
+
+    def _step(self, tokens, step):
+        # the optimizer counts its own updates: after step − 1 of them the schedule gives rate(step)
+        self.model.reset_metrics()  # the loss reported is this batch's, not a running mean
+        logs = self._train_step(tf.constant(tokens[:, :-1], tf.int64), tf.constant(tokens[:, 1:], tf.int64))
+        return float(logs["loss"])
+
+    def logits(self, inputs):
+        return np.asarray(self.model(inputs, training=False))
+
+    def numpy_params(self):
+        return from_keras_gpt(self.model)
+
+    def state(self):
+        arrays = {**self.numpy_params(), **self.extra_state()}
+        for i, variable in enumerate(self.model.optimizer.variables):
+            arrays[f"optim.keras.{i}"] = np.asarray(variable.numpy())
+        return arrays
+
+    def load_state(self, arrays):
+        self._build({name: arrays[name] for name in gpt_parameter_shapes(self.model_config)})
+        for i, variable in enumerate(self.model.optimizer.variables):
+            variable.assign(arrays[f"optim.keras.{i}"])
+
+
+TRAINERS = {"vae": KerasVAETrainer, "gan": KerasGANTrainer, "transformer": KerasTransformerTrainer, "gpt": KerasGPTTrainer}

@@ -48,3 +48,25 @@ class Adam(tf.Module):
         for k in self.m:
             self.m[k].assign(state[f"m.{k}"])
             self.v[k].assign(state[f"v.{k}"])
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter 2019), as scratch/optim.py's AdamW and
+    torch.optim.AdamW: before each Adam step the decayed variables shrink, θ ← θ (1 − η λ).
+
+    `decay` names the variables decayed (None: all of them); the GPT decays its matrices and
+    embeddings, not its biases and layer-norm parameters. State: as Adam's.
+    """
+
+    def __init__(self, variables, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decay=None, name="adamw"):
+        super().__init__(variables, lr, betas, eps, name)
+        self.weight_decay, self.decay = float(weight_decay), None if decay is None else frozenset(decay)
+
+    def apply(self, grads, variables):
+        # η of the step about to be taken; 1 − η λ in float64, as scratch computes it in Python floats
+        lr = tf.cast(self.lr, tf.float64)
+        for name, p in variables.items():
+            if self.decay is None or name in self.decay:
+                p.assign(p * tf.cast(1.0 - lr * self.weight_decay, p.dtype))
+        super().apply(grads, variables)
+

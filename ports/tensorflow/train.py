@@ -9,13 +9,17 @@ Checkpoints are in the scratch layout, optimizer state included.
 import tensorflow as tf
 
 from ports.tensorflow.gan import from_tf_gan, to_tf_gan
-from ports.tensorflow.optim import Adam
+from ports.tensorflow.gpt import from_tf_gpt, to_tf_gpt
+from ports.tensorflow.optim import Adam, AdamW
 from ports.tensorflow.transformer import _cross_entropy, dropout_masks, from_tf_transformer, to_tf_transformer
 from ports.tensorflow.vae import from_tf_vae, to_tf_vae
 from scratch import encoder_decoder as M
 from scratch import gan as G
+from scratch import language_model as LM
 from scratch import text as X
 from scratch import vae as V
+from scratch.gpt import parameter_shapes as gpt_parameter_shapes
+from scratch.language_model import GPTTrainer
 from scratch.train import GANTrainer, VAETrainer, split_optimizer_state
 from scratch.translation import TransformerTrainer
 
@@ -153,4 +157,53 @@ class TensorFlowTransformerTrainer(TransformerTrainer):
         self.optimizer.load_state_dict(split_optimizer_state(arrays))
 
 
-TRAINERS = {"vae": TensorFlowVAETrainer, "gan": TensorFlowGANTrainer, "transformer": TensorFlowTransformerTrainer}
+class TensorFlowGPTTrainer(GPTTrainer):
+    """ports/tensorflow/gpt.py's GPT tf.Module with a tf.function-compiled step and ports/tensorflow/optim.py's
+    AdamW (scratch's step for step: the matrices and embeddings decayed, the rest not).
+
+    Starts from scratch's weights and trains on scratch's batches with scratch's loss (<pad> targets
+    ignored) at scratch's rate, so its trajectory is scratch's; checkpoints in the scratch layout.
+    """
+
+    IMPLEMENTATION, OPTIMIZER = "tensorflow", "adamw (ports/tensorflow/optim.py)"
+
+    def _build(self, params):
+        self.model = to_tf_gpt(params, self.model_config)
+        self.lr_variable = tf.Variable(self.schedule(1), dtype=tf.float64, trainable=False, name="lr")
+        self.optimizer = AdamW(self.model.params, lr=self.lr_variable, betas=self.BETAS, eps=self.EPS,
+                               weight_decay=self.weight_decay, decay=self.decay_names)
+
+        # one trace for every batch: B and T left open (names differ in length); autograph off, as nothing
+        # in the step branches on a tensor
+        @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int64)], autograph=False)
+        def step(tokens):
+            with tf.GradientTape() as tape:
+                loss = self.model.loss(tokens, LM.PAD_ID)
+            params = self.model.params
+            grads = dict(zip(params, tape.gradient(loss, list(params.values()))))
+            self.optimizer.apply({k: tf.convert_to_tensor(g) for k, g in grads.items()}, params)
+            return loss
+
+        self._compiled_step = step
+
+    def _step(self, tokens, step):
+        self.lr_variable.assign(self.schedule(step))
+        return float(self._compiled_step(tf.constant(tokens, tf.int64)))
+
+    def logits(self, inputs):
+        return self.model(inputs).numpy()
+
+    def numpy_params(self):
+        return from_tf_gpt(self.model)
+
+    def state(self):
+        optim = {f"optim.{k}": v for k, v in self.optimizer.state_dict().items()}
+        return {**self.numpy_params(), **self.extra_state(), **optim}
+
+    def load_state(self, arrays):
+        self._build({name: arrays[name] for name in gpt_parameter_shapes(self.model_config)})
+        self.optimizer.load_state_dict(split_optimizer_state(arrays))
+
+
+TRAINERS = {"vae": TensorFlowVAETrainer, "gan": TensorFlowGANTrainer, "transformer": TensorFlowTransformerTrainer,
+            "gpt": TensorFlowGPTTrainer}

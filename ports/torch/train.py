@@ -12,12 +12,17 @@ import numpy as np
 import torch
 
 from ports.torch.gan import _discriminator_loss, _generator_loss, _linears, from_torch_gan, to_torch_gan
+from ports.torch.gpt import _linear_weights as _gpt_linear_weights
+from ports.torch.gpt import from_torch_gpt, to_torch_gpt
 from ports.torch.transformer import _cross_entropy, from_torch_transformer, to_torch_transformer
 from ports.torch.vae import _linear_layers, from_torch_vae, to_torch_vae
 from scratch import encoder_decoder as M
 from scratch import gan as G
+from scratch import language_model as L
 from scratch import text as X
 from scratch import vae as V
+from scratch.gpt import parameter_shapes as gpt_parameter_shapes
+from scratch.language_model import GPTTrainer
 from scratch.train import GANTrainer, VAETrainer
 from scratch.translation import TransformerTrainer
 
@@ -220,4 +225,76 @@ class TorchTransformerTrainer(TransformerTrainer):
                                        "exp_avg_sq": pv.detach().clone()}
 
 
-TRAINERS = {"vae": TorchVAETrainer, "gan": TorchGANTrainer, "transformer": TorchTransformerTrainer}
+class TorchGPTTrainer(GPTTrainer):
+    """ports/torch/gpt.py's GPT nn.Module (nanoGPT's layout) with torch.optim.AdamW, the rate set by hand.
+
+    Starts from scratch's weights and trains on scratch's batches with scratch's loss (the next-token
+    cross-entropy, <pad> targets ignored) and AdamW in two parameter groups, as nanoGPT: the matrices
+    and embeddings decayed (c_attn's weight holds W_q, W_k and W_v), the biases and layer-norm
+    parameters not. The tied wte/lm_head is one Parameter, decayed once. Checkpoints in the scratch
+    layout, AdamW's moments included, so a run resumes exactly and `python -m scratch sample` reads it.
+    """
+
+    IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.AdamW"
+
+    def _build(self, params):
+        self.module = to_torch_gpt(params, self.model_config)
+        decayed = self._decayed()
+        groups = [{"params": [p for p in self.module.parameters() if id(p) in decayed], "weight_decay": self.weight_decay},
+                  {"params": [p for p in self.module.parameters() if id(p) not in decayed], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=self.schedule(1), betas=self.BETAS, eps=self.EPS)
+
+    def _decayed(self):
+        """ids of the torch parameters that hold a decayed scratch parameter."""
+        weights = {name: p for name, (p, _) in _gpt_linear_weights(self.module).items()}
+        for i, block in enumerate(self.module.transformer.h):
+            weights.update({f"h.{i}.attn.W_{c}": block.attn.c_attn.weight for c in "qkv"})
+        return {id(weights[name]) for name in self.decay_names}
+
+    def _step(self, tokens, step):
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule(step)
+        self.module.train()
+        _, loss = self.module(torch.from_numpy(tokens[:, :-1]), torch.from_numpy(tokens[:, 1:]), ignore_index=L.PAD_ID)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def logits(self, inputs):
+        self.module.eval()
+        with torch.no_grad():
+            return self.module(torch.from_numpy(inputs)).numpy()
+
+    def numpy_params(self):
+        return from_torch_gpt(self.module)
+
+    def _moments(self, key):
+        """AdamW's moment `key` in the scratch layout, read through from_torch_gpt as the weights are."""
+        shadow = copy.deepcopy(self.module)
+        for p_shadow, p in zip(shadow.parameters(), self.module.parameters()):
+            p_shadow.data = self.optimizer.state[p][key]
+        return from_torch_gpt(shadow)
+
+    def state(self):
+        t = int(next(iter(self.optimizer.state.values()))["step"]) if self.optimizer.state else 0
+        optim = {"optim.t": np.array(t, dtype=np.int64)}
+        if t:
+            for key, ours in (("exp_avg", "m"), ("exp_avg_sq", "v")):
+                optim.update({f"optim.{ours}.{name}": value for name, value in self._moments(key).items()})
+        return {**self.numpy_params(), **self.extra_state(), **optim}
+
+    def load_state(self, arrays):
+        names = gpt_parameter_shapes(self.model_config)
+        self._build({name: arrays[name] for name in names})
+        t = int(arrays["optim.t"])
+        if t == 0:
+            return
+        # the inverse: a module built from the moments in scratch's layout holds them in torch's
+        m, v = (to_torch_gpt({name: arrays[f"optim.{k}.{name}"] for name in names}, self.model_config) for k in "mv")
+        for p, pm, pv in zip(self.module.parameters(), m.parameters(), v.parameters()):
+            self.optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": pm.detach().clone(),
+                                       "exp_avg_sq": pv.detach().clone()}
+
+
+TRAINERS = {"vae": TorchVAETrainer, "gan": TorchGANTrainer, "transformer": TorchTransformerTrainer, "gpt": TorchGPTTrainer}
