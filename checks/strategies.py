@@ -668,3 +668,35 @@ def logits_with_ties(draw, max_rows=3, max_vocab=8):
     logits = draw(hnp.arrays(np.float64, (b, v), elements=choices), label="logits")
     logits[np.isneginf(logits).all(axis=1), 0] = levels[0]
     return logits
+
+
+# ----------------------------------------------------------------------------------------------
+# FlashAttention (scratch/flash_attention.py): shapes and the two block sizes
+# ----------------------------------------------------------------------------------------------
+
+
+class FlashCase(NamedTuple):
+    q: np.ndarray  # (..., Tq, dk)
+    k: np.ndarray  # (..., Tk, dk)
+    v: np.ndarray  # (..., Tk, dv)
+    causal: bool
+    block_q: int
+    block_k: int
+    dout: np.ndarray  # (..., Tq, dv)
+
+
+@st.composite
+def flash_cases(draw, dtype, causal=None, max_t=9, max_block=10):
+    """q, k, v with up to two leading axes and dk ≠ dv; causal (Tq = Tk) or not (Tq ≠ Tk); block sizes
+    from 1 to `max_block`, so that blocks often do not divide T and are sometimes larger than T."""
+    lead = draw(batch_shapes, label="leading axes")
+    if causal is None:
+        causal = draw(st.booleans(), label="causal")
+    if causal:
+        tq = tk = draw(st.integers(1, max_t), label="T")
+    else:
+        tq, tk = draw(distinct_pair(1, max_t), label="Tq, Tk")
+    dk, dv = draw(distinct_pair(1, 4), label="dk, dv")
+    block_q, block_k = draw(st.integers(1, max_block), label="block_q"), draw(st.integers(1, max_block), label="block_k")
+    q, k, v = draw(floats(dtype, (*lead, tq, dk))), draw(floats(dtype, (*lead, tk, dk))), draw(floats(dtype, (*lead, tk, dv)))
+    return FlashCase(q, k, v, causal, block_q, block_k, draw(floats(dtype, (*lead, tq, dv))))
