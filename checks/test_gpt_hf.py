@@ -203,3 +203,32 @@ def test_from_hf_refuses_what_scratch_cannot_compute(setting, value):
     model = GPT2LMHeadModel(GPT2Config(vocab_size=5, n_positions=4, n_embd=4, n_layer=1, n_head=2, **{setting: value}))
     with pytest.raises(ValueError, match=setting):
         port.from_hf_gpt2(model)
+
+
+def test_a_trained_checkpoint_exports_to_transformers(tmp_path):
+    """The README's way out: a `python -m scratch train gpt` checkpoint → to_hf_gpt2 → save_pretrained → a
+    fresh GPT2LMHeadModel.from_pretrained(folder) (offline, from the folder) that computes scratch's logits."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from scratch.__main__ import main
+    from scratch.language_model import BOUNDARY_ID, PAD_ID, load_sampler
+
+    port = hf_port()
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join("anna bob carla dmitri eve farid gus hana ivo jun kira lev mia".split() * 4), "utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "gpt", "--data", f"text:{names}", "--steps", "3", "--eval-every", "3", "--out", str(out),
+                 "--layers", "2", "--heads", "2", "--d-model", "8", "--warmup", "1", "--quiet"]) == 0
+    sampler = load_sampler(out / "checkpoint.npz")
+    model = port.to_hf_gpt2(sampler.params, sampler.config, bos_token_id=BOUNDARY_ID, eos_token_id=BOUNDARY_ID,
+                            pad_token_id=PAD_ID)
+    model.save_pretrained(tmp_path / "hf")
+    loaded = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    assert loaded.dtype == torch.float32 and loaded.lm_head.weight is loaded.transformer.wte.weight
+    tokens = np.stack([sampler.vocab.encode("bob"), sampler.vocab.encode("eva")])  # (2, 4): boundary, characters
+    with torch.no_grad():
+        logits = loaded(torch.from_numpy(tokens)).logits.numpy()
+    assert_close(logits, G.gpt_forward(tokens, sampler.params, sampler.config)[0], impl="from_pretrained", what="logits")
+    back, config = port.from_hf_gpt2(loaded)
+    assert config == sampler.config and all(np.array_equal(back[k], v) for k, v in sampler.params.items())
