@@ -23,6 +23,7 @@ FIGURES = [
     "vae",
     "gan",
     "transformer",
+    "gpt",
 ]
 
 DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))
