@@ -22,10 +22,12 @@ back on the way out. That translation is the lesson of this file, in four steps:
    input pixel reaches them; they get only the bias), then crops p rows from each side.
 4. Dilation. tf.nn.conv2d takes `dilations`, but on the CPU its gradient kernel does not
    (Conv2DBackpropInput: "Current CPU implementations do not yet support dilation rates larger
-   than 1"), and tf.nn.conv2d_transpose refuses it even forward. A dilated kernel is the same
-   kernel with d − 1 zeros between its taps, d·(k − 1) + 1 cells wide, convolved at dilation 1: this
-   port builds it with tf ops (`_dilate_kernel`), so the tape differentiates through the zeros back
-   to the taps. The arithmetic is the same; only the zeros cost extra multiplications.
+   than 1"), and tf.nn.conv2d_transpose, which is that same kernel run forward, refuses it too: so
+   deriving the transpose as conv2d's gradient with respect to its input does not get round it.
+   A dilated kernel is the same kernel with d − 1 zeros between its taps, d·(k − 1) + 1 cells wide,
+   convolved at dilation 1: this port builds it with tf ops (`_dilate_kernel`), so the tape
+   differentiates through the zeros back to the taps. The arithmetic is the same; only the zeros
+   cost extra multiplications. (checks/test_conv_frameworks.py pins both refusals.)
 
 Shape letters as in scratch: B batch, C_in / C_out channels, H × W the input, Ho × Wo the output,
 kh × kw the kernel, eh × ew the dilated kernel's extent d·(k − 1) + 1.
