@@ -239,8 +239,14 @@ def bench_transformer_step(args):
     return bench_transformer(args, report, time_interleaved)
 
 
+def bench_gpt_step(args):
+    from checks.bench_gpt import bench_gpt
+
+    return bench_gpt(args, report, time_interleaved)
+
+
 BENCHES = {"attention": bench_attention, "vae": bench_vae_step, "gan": bench_gan_step, "transformer": bench_transformer_step,
-           "conv": bench_conv_step, "homework": bench_homework}
+           "conv": bench_conv_step, "gpt": bench_gpt_step, "homework": bench_homework}
 
 
 def main(argv=None):
