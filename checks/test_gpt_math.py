@@ -363,6 +363,7 @@ def test_temperature_zero_is_the_argmax_and_draws_nothing():
     np.testing.assert_array_equal(G.sample(logits, rng, temperature=0.0), [1, 0])  # ties: the first index
     assert rng.bit_generator.state == state
     assert G.sample(logits, rng, temperature=0.0, top_k=1, top_p=0.1).tolist() == [1, 0]
+    assert G.sample(logits, None, temperature=0.0).tolist() == [1, 0]  # greedy needs no generator
 
 
 def test_the_same_generator_state_gives_the_same_tokens():

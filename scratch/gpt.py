@@ -306,7 +306,8 @@ def gpt_step(tokens, kv, params, config):
 def generate(params, config, prompt, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, use_cache=True):
     """Continue each row of prompt (B, T₀) (or (T₀,)) by up to max_new_tokens sampled tokens; return prompt + them.
 
-    Each new token is `sample(logits of the last position, rng, temperature, top_k, top_p)`.
+    Each new token is `sample(logits of the last position, rng, temperature, top_k, top_p)`; rng is a
+    np.random.Generator, or None at temperature 0 (greedy: nothing is drawn).
     With use_cache (the default) one gpt_step per token; use_cache=False re-runs gpt_forward on the
     whole prefix every time (the slow reference, equal token for token at the same rng).
     A prompt longer than block_size is an error. Generation stops when the sequence reaches

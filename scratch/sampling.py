@@ -80,15 +80,15 @@ def sample(logits, rng, temperature=1.0, top_k=None, top_p=None):
     """Token ids (...) drawn from softmax(filter_logits(logits / temperature)) for logits (..., V).
 
     temperature 0 is the argmax (greedy decoding; the first index among ties), drawing nothing
-    from `rng`; otherwise one uniform number per row is drawn from `rng` (a np.random.Generator),
-    so the same generator state gives the same tokens.
+    from `rng` (which may then be None); otherwise one uniform number per row is drawn from `rng`
+    (a np.random.Generator), so the same generator state gives the same tokens.
     """
     logits = _check_logits(logits)
     check_filters(top_k, top_p, temperature)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     if temperature == 0:
         return logits.argmax(axis=-1)  # (...)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (or None at temperature 0), got {type(rng).__name__}")
     # BEGIN SOLUTION
     # HINT: temperature first (on the logits, not on the probabilities), then filter, softmax, and
     # invert the cumulative distribution at one uniform number per row.
