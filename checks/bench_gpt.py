@@ -43,19 +43,17 @@ def _trainers(dtype):
     return config, {"scratch": LM.ScratchGPTTrainer(config, data, 0, **make), "torch": TorchGPTTrainer(config, data, 0, **make)}
 
 
-def step_group(dtype):
+def step_group(dtype, default_threads):
     import torch
 
     config, trainers = _trainers(dtype)
     tokens = trainers["scratch"].batch(1)  # (B, T + 1)
     step = 1000  # a fixed, moderate rate: every timed call is the same update size
-    # the two take the same step: one update from the same weights, compared
-    for name in trainers:
-        trainers[name]._step(tokens, step)
-    a, b = trainers["scratch"].numpy_params(), trainers["torch"].numpy_params()
-    worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-    assert worst < (1e-4 if np.dtype(dtype) == np.float32 else 1e-10), f"scratch and torch took different steps: {worst:.2e}"
-    default_threads = torch.get_num_threads()
+    # the same work: from the same weights the two compute the same loss (the trajectories themselves are
+    # checked in float64 by checks/test_gpt_ports.py; after one float32 step, entries whose gradient is
+    # ~ε move by ±lr in either, their sign the rounding's)
+    losses = [trainers[name]._step(tokens, step) for name in trainers]
+    assert abs(losses[0] - losses[1]) < 1e-5 * abs(losses[0]), f"scratch and torch losses differ: {losses}"
 
     def torch_step(threads):
         def run():
@@ -99,7 +97,7 @@ def bench_gpt(args, report, time_interleaved):
         with threadpool_limits(limits=1, user_api="blas"):
             met = []
             for dtype in (np.float32, np.float64):
-                title, count, candidates, reference, target = step_group(dtype)
+                title, count, candidates, reference, target = step_group(dtype, threads)
                 met.append(report(title, count, candidates, reference, target, args, np.random.default_rng(args.seed)))
             calls, tokens, new = generate_group()
             seconds = time_interleaved(calls, max(args.repeats // 4, 2), args.settle)
