@@ -16,11 +16,13 @@ kernel is not flipped), as `torch.nn.functional.conv2d` does:
 The forward is im2col: a strided window view of the padded input, copied once into one row per
 output position, (B·L, K), then one matrix product with the (K, C_out) weights. The backward
 adds rows back with col2im, one strided add per kernel offset (kh·kw adds), never pixel by pixel.
-Two layout choices make it fast, and are why the code transposes where a naive one would not:
+Three layout choices make it fast, and are why the code transposes where a naive one would not:
 rows, not columns (one (B·L, K) product runs 5 to 10 times faster in NumPy than B products
-(C_out, K) · (K, L) broadcast over the batch), and channels last inside, (B, H, W, C) with patches
-ordered (u, v, c), so that a patch's channels sit side by side in memory: copying patches out and
-adding them back then moves contiguous runs, 3 to 5 times faster than from NCHW.
+(C_out, K) · (K, L) broadcast over the batch); channels last inside, (B, H, W, C) with patches
+ordered (u, v, c), so that a patch's channels sit side by side in memory (copying patches out and
+adding them back then moves contiguous runs, 3 to 5 times faster than from NCHW); and each
+product written with the long B·L axis on the left (colsᵀ · dout, not doutᵀ · cols: OpenBLAS
+ran the latter 2 to 3 times slower here).
 The transposed convolution is the adjoint of conv2d with respect to its input: its forward is
 conv2d's dx computation, and its gradient with respect to its input is conv2d's forward.
 """
@@ -95,16 +97,16 @@ def conv2d_forward(x, w, b, stride=1, padding=0, dilation=1):
     """
     x, w, b, stride, padding, dilation = check_conv2d_inputs(x, w, b, stride, padding, dilation)
     # BEGIN SOLUTION
-    # HINT: pad (channels last), im2col, one product with the weights as (K, C_out), back to NCHW, add the bias.
+    # HINT: pad (channels last), im2col, one product with the weights as a (K, C_out) matrix, back to NCHW, add the bias.
     (bsz, _, h, wd), (c_out, _, kh, kw) = x.shape, w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     # Output size (Dumoulin & Visin 2016, §2–5): o = ⌊(i + 2p − d·(k − 1) − 1) / s⌋ + 1
     ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     xp = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)))  # (B, Hp, Wp, C_in), zeros on all 4 sides
     cols = im2col(xp, (kh, kw), stride, dilation, (ho, wo))  # (B·L, K)
-    w_rows = w.transpose(0, 2, 3, 1).reshape(c_out, -1)  # (C_out, K), in the patches' order (u, v, c)
-    # out[(b, i, j), o] = Σ_k cols[(b, i, j), k] · w[o, k]: one product for every image and position
-    out = cols @ w_rows.T  # (B·L, C_out)
+    w_cols = w.transpose(2, 3, 1, 0).reshape(-1, c_out)  # (K, C_out), rows in the patches' order (u, v, c)
+    # out[(b, i, j), o] = Σ_k cols[(b, i, j), k] · w[k, o]: one product for every image and position
+    out = cols @ w_cols  # (B·L, C_out)
     out = np.ascontiguousarray(out.reshape(bsz, ho, wo, c_out).transpose(0, 3, 1, 2))  # (B, C_out, Ho, Wo)
     if b is not None:
         out += b[:, None, None]  # (B, C_out, Ho, Wo), one bias per output channel
@@ -116,14 +118,14 @@ def conv2d_backward(dout, cache):
     """Return (dx, dw, db) given dout (B, C_out, Ho, Wo); db is None when the forward had no bias."""
     cols, w, x_shape, stride, padding, dilation, has_bias = cache
     # BEGIN SOLUTION
-    # HINT: the forward is out = cols · Wᵀ; go back through the product, then col2im, then crop the padding.
+    # HINT: the forward is out = cols · W; go back through the product, then col2im, then crop the padding.
     (bsz, c_in, h, wd), (c_out, _, kh, kw), (ph, pw) = x_shape, w.shape, padding
     ho, wo = dout.shape[2:]
     g = dout.transpose(0, 2, 3, 1).reshape(bsz * ho * wo, c_out)  # (B·L, C_out), the rows of out
-    # out = cols Wᵀ  ⇒  dW = doutᵀ cols  (one product, summed over every image and position)
-    dw = (g.T @ cols).reshape(c_out, kh, kw, c_in)  # (C_out, kh, kw, C_in), the patches' order
-    dw = np.ascontiguousarray(dw.transpose(0, 3, 1, 2))  # (C_out, C_in, kh, kw)
-    # out = cols Wᵀ  ⇒  dcols = dout W, then each patch entry goes back to the cell it was copied from
+    # out = cols W  ⇒  dW = colsᵀ dout  (one product, summed over every image and position)
+    dw = (cols.T @ g).reshape(kh, kw, c_in, c_out)  # (kh, kw, C_in, C_out), the patches' order
+    dw = np.ascontiguousarray(dw.transpose(3, 2, 0, 1))  # (C_out, C_in, kh, kw)
+    # out = cols W  ⇒  dcols = dout Wᵀ, then each patch entry goes back to the cell it was copied from
     dcols = g @ w.transpose(0, 2, 3, 1).reshape(c_out, -1)  # (B·L, K)
     dxp = col2im(dcols, (bsz, h + 2 * ph, wd + 2 * pw, c_in), (kh, kw), stride, dilation, (ho, wo))  # (B, Hp, Wp, C_in)
     dx = np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + wd].transpose(0, 3, 1, 2))  # (B, C_in, H, W), padding dropped
@@ -183,13 +185,12 @@ def conv_transpose2d_backward(dout, cache):
     doutp = np.pad(dout.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)))  # (B, Hp, Wp, C_out)
     # the forward scattered x[b, c, i, j] · w[c, o, u, v] to cell (s·i + d·u, s·j + d·v): gather them back
     dcols = im2col(doutp, (kh, kw), stride, dilation, (h, wd))  # (B·L, K), K = kh·kw·C_out, L = H·W
-    w_rows = w.transpose(0, 2, 3, 1).reshape(c_in, -1)  # (C_in, K)
-    # cols = rows W  ⇒  drows = dcols Wᵀ (conv2d's forward, with w as its kernel) and dW = rowsᵀ dcols
-    drows = dcols @ w_rows.T  # (B·L, C_in)
+    # cols = rows W  ⇒  drows = dcols Wᵀ (conv2d's forward, with w as its kernel) and dW = (dcolsᵀ rows)ᵀ
+    drows = dcols @ w.transpose(2, 3, 1, 0).reshape(-1, c_in)  # (B·L, C_in); Wᵀ is (K, C_in)
     dx = np.ascontiguousarray(drows.reshape(bsz, h, wd, c_in).transpose(0, 3, 1, 2))  # (B, C_in, H, W)
     rows = x.transpose(0, 2, 3, 1).reshape(bsz * h * wd, c_in)  # (B·L, C_in), as in the forward
-    dw = (rows.T @ dcols).reshape(c_in, kh, kw, c_out)  # (C_in, kh, kw, C_out), the patches' order
-    dw = np.ascontiguousarray(dw.transpose(0, 3, 1, 2))  # (C_in, C_out, kh, kw)
+    dw = (dcols.T @ rows).reshape(kh, kw, c_out, c_in)  # (kh, kw, C_out, C_in), the patches' order
+    dw = np.ascontiguousarray(dw.transpose(3, 2, 0, 1))  # (C_in, C_out, kh, kw)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None  # (C_out,): Σ over images and positions
     # END SOLUTION
     return dx, dw, db

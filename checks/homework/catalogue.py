@@ -154,8 +154,8 @@ BUGS = [
         r"min\(step\*\*-0\.5, step \* warmup", "min(step**-0.5, (step - 1) * warmup", "call 1: lr differs"),
     # conv (scratch/conv.py) and batch norm (scratch/layers.py)
     Bug("conv2d with the kernel flipped (a true convolution, not torch's cross-correlation)", "conv", "conv2d_forward",
-        r"w_rows = w\.transpose\(0, 2, 3, 1\)\.reshape\(c_out, -1\)",
-        "w_rows = w[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(c_out, -1)", "out differs"),
+        r"w_cols = w\.transpose\(2, 3, 1, 0\)\.reshape\(-1, c_out\)",
+        "w_cols = w[:, :, ::-1, ::-1].transpose(2, 3, 1, 0).reshape(-1, c_out)", "out differs"),
     Bug("conv2d padded on one side only (all 2p rows and columns at the top and left)", "conv", "conv2d_forward",
         r"\(\(0, 0\), \(ph, ph\), \(pw, pw\), \(0, 0\)\)\)  # \(B, Hp, Wp, C_in\)",
         "((0, 0), (2 * ph, 0), (2 * pw, 0), (0, 0)))  # (B, Hp, Wp, C_in)", "out differs"),
