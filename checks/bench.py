@@ -178,6 +178,10 @@ def report(title, count, candidates, reference, target, args, rng):
 
 
 def bench_attention(args):
+    if args.scale:  # how the cost grows with T: plain, flash and PyTorch's fused kernel (checks/bench_flash.py)
+        from checks.bench_flash import bench_scale
+
+        return bench_scale(args, time_interleaved)
     rng = np.random.default_rng(args.seed)
     port = try_port()
     print("ports.torch.attention:", "found, timed" if port is not None else "not importable, skipped")
@@ -257,6 +261,9 @@ def main(argv=None):
         sub.add_argument("--repeats", type=int, default=40, help="rounds, one timed call each (default 40)")
         sub.add_argument("--settle", type=float, default=0.15, help="untimed running before each timed call, s (default 0.15)")
         sub.add_argument("--seed", type=int, default=0)
+    scale = topics.choices["attention"]
+    scale.add_argument("--scale", action="store_true", help="time and memory against T, plain vs flash vs PyTorch's fused SDPA")
+    scale.add_argument("--sizes", help="with --scale: comma-separated T values (default 128,512,1024,2048,4096)")
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error("--repeats must be at least 2")
