@@ -295,6 +295,19 @@ def test_keras_conv2d_refuses_stride_with_dilation_and_the_port_does_not():
     assert_close(port.conv2d_forward(x, w, b, 2, 0, 2)[0], C.conv2d_forward(x, w, b, 2, 0, 2)[0], impl="keras", what="out")
 
 
+def test_keras_valid_transpose_without_output_padding_is_longer_than_pytorchs():
+    """Keras's "valid" conv_transpose length is H·s + max(k − s, 0) when output_padding is None:
+    for a stride larger than the kernel, s − k cells more than PyTorch's (H − 1)·s + k. The port
+    and the converter pass output_padding explicitly, where Keras uses (H − 1)·s + k + output_padding."""
+    require("keras", "conv")
+    from keras import ops
+
+    x, k = np.ones((1, 2, 2, 1)), np.ones((2, 2, 1, 1))  # H = 2, kernel 2, stride 3
+    assert ops.conv_transpose(x, k, strides=3, padding="valid").shape == (1, 6, 6, 1)
+    assert ops.conv_transpose(x, k, strides=3, padding="valid", output_padding=0).shape == (1, 5, 5, 1)
+    assert C.conv_transpose2d_forward(x.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1), None, 3)[0].shape == (1, 1, 5, 5)
+
+
 # ----------------------------------------------------------------------------------------------
 # Keras: BatchNormalization, and the two conventions it does not share with PyTorch
 # ----------------------------------------------------------------------------------------------
