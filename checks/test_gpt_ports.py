@@ -259,6 +259,9 @@ def test_filter_logits_and_sample_match_scratch(impl, dtype, data):
     np.testing.assert_array_equal(drawn, G.sample(np.repeat(logits, 50, axis=0), np.random.default_rng(seed),
                                                   temperature, top_k, top_p),
                                   err_msg=f"{impl}: sample(temperature={temperature}, top_k={top_k}, top_p={top_p})")
+    if temperature == 0.0:  # greedy draws nothing: no generator needed
+        np.testing.assert_array_equal(port.sample(logits, None, 0.0, top_k, top_p), G.sample(logits, None, 0.0, top_k, top_p),
+                                      err_msg=f"{impl}: sample(temperature=0) without a generator")
 
 
 @pytest.mark.parametrize("impl", ["tensorflow", "keras"])
@@ -466,3 +469,21 @@ def test_scratch_samples_from_a_pytorch_checkpoint(names_file, tmp_path, capsys,
     printed = capsys.readouterr().out.splitlines()
     assert printed == sample_from(load_sampler(checkpoint), 6, 3, temperature=0.8, top_p=0.95)
     assert len(printed) == 6
+
+
+def test_keras_model_trains_by_fit(names_file):
+    """`compile` then `fit(inputs, targets)`, Keras's own loop, lowers scratch's loss of the model's weights."""
+    keras = pytest.importorskip("keras")
+    port = require("keras", "gpt")
+    from scratch import language_model as LM
+
+    data = LM.load_lm_data(f"text:{names_file}")
+    config = G.GPTConfig(len(data.vocab), data.block_size, n_layer=1, n_head=2, d_model=8)
+    model = port.to_keras_gpt(G.init_gpt(config, np.random.default_rng(0), np.float32), config, pad_id=LM.PAD_ID)
+    tokens = LM.pad_sequences(data.train_ids)  # (N, T + 1)
+    before = G.gpt_loss_forward(tokens, port.from_keras_gpt(model), config, LM.PAD_ID)[0]
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2))
+    history = model.fit(tokens[:, :-1], tokens[:, 1:], batch_size=16, epochs=3, shuffle=False, verbose=0)
+    after = G.gpt_loss_forward(tokens, port.from_keras_gpt(model), config, LM.PAD_ID)[0]
+    assert after < before - 0.3, f"fit took scratch's loss from {before:.3f} to {after:.3f} only"
+    assert history.history["loss"][-1] < history.history["loss"][0]

@@ -59,14 +59,15 @@ def filter_logits(logits, top_k=None, top_p=None):
 
 
 def sample(logits, rng, temperature=1.0, top_k=None, top_p=None):
-    """Token ids (...) drawn from softmax(filter_logits(logits / temperature)); temperature 0 is the argmax."""
+    """Token ids (...) drawn from softmax(filter_logits(logits / temperature)); temperature 0 is the argmax
+    (and draws nothing: rng may then be None)."""
     logits = _check_logits(logits)
     check_filters(top_k, top_p, temperature)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     z = ops.convert_to_tensor(logits)  # (..., V)
     if temperature == 0:
         return ops.convert_to_numpy(_first_argmax(z)).astype(np.int64)  # (...), the first index among ties
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (or None at temperature 0), got {type(rng).__name__}")
     # p_v ∝ exp(z_v / τ) over the tokens the filters keep
     probs = ops.softmax(_filter_logits(z / float(temperature), top_k, top_p), axis=-1)  # (..., V)
     # inverse-CDF draw: the first v with P(token ≤ v) > u, u ~ U[0, 1) from the NumPy generator
