@@ -275,11 +275,7 @@ def test_generate_loop_equals_scratch(impl):
     for temperature, top_k, top_p in ((1.0, None, None), (0.8, 5, 0.9), (0.0, None, None)):
         expected = G.generate(params, config, prompts, 20, np.random.default_rng(8), temperature, top_k, top_p)
         model = port.to_tf_gpt(params, config) if impl == "tensorflow" else port.to_keras_gpt(params, config)
-        rng = np.random.default_rng(8)
-        if impl == "tensorflow":
-            got = model.generate(prompts, 20, rng, temperature, top_k, top_p)
-        else:
-            got = port.generate(model, prompts, 20, rng, temperature, top_k, top_p)
+        got = model.generate(prompts, 20, np.random.default_rng(8), temperature, top_k, top_p)
         assert got.shape == expected.shape == (3, config.block_size + 1)
         np.testing.assert_array_equal(got, expected, err_msg=f"{impl}: generate({temperature}, {top_k}, {top_p})")
 

@@ -9,7 +9,7 @@ The second half: `GPT`, a `keras.Model` of Keras's own layers (`Embedding` for w
 `GPTBlock`s of `LayerNormalization`, `MultiHeadAttention(use_causal_mask=True)` and two `Dense`,
 a final `LayerNormalization`, logits through wte transposed), whose `compute_loss` is the
 next-token cross-entropy with padding ignored, so `model.fit(inputs, targets)` trains it;
-`generate`, its own sampling loop; and `to_keras_gpt` / `from_keras_gpt`.
+`GPT.generate`, its own sampling loop; and `to_keras_gpt` / `from_keras_gpt`.
 
 Shape letters as in scratch: B batch, T positions, V vocabulary, D model width, H heads, Dh = D / H.
 """
@@ -33,7 +33,7 @@ from scratch.validate import as_float_array
 __all__ = [
     "GPTConfig", "parameter_shapes", "init_gpt", "gelu_forward", "gelu_backward", "mlp_forward", "mlp_backward",
     "block_forward", "block_backward", "gpt_forward", "gpt_backward", "gpt_loss_forward", "gpt_loss_backward",
-    "filter_logits", "sample", "GPTBlock", "GPT", "generate", "to_keras_gpt", "from_keras_gpt",
+    "filter_logits", "sample", "GPTBlock", "GPT", "to_keras_gpt", "from_keras_gpt",
 ]
 
 
@@ -257,24 +257,22 @@ class GPT(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         return _cross_entropy(y_pred, y, 0.0, self.pad_id)
 
+    def generate(self, prompt, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None):
+        """scratch's generate(use_cache=False) with this model: prompt (B, T₀) → prompt and the drawn tokens.
 
-def generate(model, prompt, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None):
-    """scratch's generate(use_cache=False) with a Keras GPT: prompt (B, T₀) → prompt and the drawn tokens.
-
-    Keras's MultiHeadAttention keeps no key/value cache, so each step runs the model on the whole
-    sequence again. Each token is `sample(logits of the last position, rng, …)`, one uniform number
-    per row from the NumPy generator, as scratch draws; generation stops at block_size + 1 tokens.
-    """
-    config = model.config
-    seq = np.asarray(prompt)
-    if seq.ndim != 2 or not 1 <= seq.shape[1] <= config.block_size:
-        raise ValueError(f"prompt must have shape (B, T₀) with 1 ≤ T₀ ≤ block_size = {config.block_size}, "
-                         f"got shape {seq.shape}")
-    for _ in range(min(int(max_new_tokens), config.block_size + 1 - seq.shape[1])):
-        logits = ops.convert_to_numpy(model(seq, training=False))[:, -1]  # (B, V)
-        nxt = sample(logits, rng, temperature, top_k, top_p)  # (B,)
-        seq = np.concatenate([seq, nxt[:, None].astype(seq.dtype)], axis=1)
-    return seq
+        Keras's MultiHeadAttention keeps no key/value cache, so each step runs the model on the whole
+        sequence again. Each token is `sample(logits of the last position, rng, …)`, one uniform number
+        per row from the NumPy generator, as scratch draws; generation stops at block_size + 1 tokens.
+        """
+        seq = np.asarray(prompt)
+        if seq.ndim != 2 or not 1 <= seq.shape[1] <= self.config.block_size:
+            raise ValueError(f"prompt must have shape (B, T₀) with 1 ≤ T₀ ≤ block_size = {self.config.block_size}, "
+                             f"got shape {seq.shape}")
+        for _ in range(min(int(max_new_tokens), self.config.block_size + 1 - seq.shape[1])):
+            logits = ops.convert_to_numpy(self(seq, training=False))[:, -1]  # (B, V)
+            nxt = sample(logits, rng, temperature, top_k, top_p)  # (B,)
+            seq = np.concatenate([seq, nxt[:, None].astype(seq.dtype)], axis=1)
+        return seq
 
 
 def _keras_weights(model):
