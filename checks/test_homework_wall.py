@@ -47,14 +47,28 @@ def student(tmp_path_factory):
     return out
 
 
+def _stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        name, rest = f.read().rsplit(")", 1)
+    return name.split("(", 1)[1], int(rest.split()[1])  # (command, parent pid)
+
+
 def sandbox_processes():
-    """Pids of live processes owned by the sandboxes' uids: none may outlive grading."""
+    """Pids of live processes owned by the sandboxes' uids that no wall holds any more (no
+    bwrap or unshare launcher among their ancestors): none may outlive grading. Sandboxes of
+    other graders running on the machine at the same time are still behind their launcher."""
     found = []
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid in SANDBOX_UIDS:
+            if not (entry.isdigit() and os.stat(f"/proc/{entry}").st_uid in SANDBOX_UIDS):
+                continue
+            pid, held = int(entry), False
+            while pid > 1 and not held:
+                name, pid = _stat(pid)
+                held = name in ("bwrap", "unshare")
+            if not held:
                 found.append(int(entry))
-        except OSError:
+        except (OSError, ValueError):
             pass
     return found
 

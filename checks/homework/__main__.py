@@ -10,7 +10,6 @@ gradescope  writes the autograder zip a Gradescope course uploads (checks/homewo
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 
@@ -77,7 +76,6 @@ def main(argv=None):
     args = top.parse_args(argv)
     from checks.homework import grader, make, report
     from checks.homework.sandbox import Limits
-    from checks.homework.tasks import tasks_for
 
     command = commands[args.command]  # its .error prints the usage and exits with status 2
     topics = args.topics or make.available_topics()

@@ -143,11 +143,14 @@ def python_view():
             symlinks.append((os.readlink(path), path))  # merged /usr: /bin → usr/bin, /lib → usr/lib …
         elif name in ("lib", "lib32", "lib64", "bin", "sbin") and os.path.isdir(path):
             binds.append((path, path))
-    folders = [sys.base_prefix, sys.prefix] + [p for p in sys.path if p and os.path.isdir(p)]
+    # The prefixes always (a virtual environment may live inside the checkout: only it is shown,
+    # not the checkout); other folders on the path only if they lie outside the project.
+    prefixes = [sys.base_prefix, sys.prefix]
+    folders = prefixes + [p for p in sys.path if p and os.path.isdir(p) and not _inside_project(p)]
     for folder in folders:
         folder = os.path.realpath(folder)
         covered = any(folder == b or folder.startswith(b.rstrip("/") + "/") for b, _ in binds)
-        if not covered and not _inside_project(folder):
+        if not covered and (folder in map(os.path.realpath, prefixes) or not _inside_project(folder)):
             binds.append((folder, folder))
     hide_folders, hide_files = [], []
     for folder in [p for p in sys.path if p and os.path.isdir(p) and not _inside_project(p)]:
