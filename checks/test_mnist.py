@@ -107,10 +107,11 @@ def test_the_command_line_data_sets(tmp_path):
     assert x_test.shape == (2, 784)
 
 
-def test_a_gan_run_on_mnist_writes_1000_images(tmp_path):
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_a_run_on_mnist_writes_1000_images(model, tmp_path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "scratch", "train", "gan", "--data", "mnist", "--steps", "2", "--eval-every", "2",
+    subprocess.run([sys.executable, "-m", "scratch", "train", model, "--data", "mnist", "--steps", "2", "--eval-every", "2",
                     "--out", str(out), "--quiet"], check=True, capture_output=True, env=env)
     samples = np.load(out / "samples.npy")
     assert samples.shape == (1000, 28, 28) and samples.min() >= 0.0 and samples.max() <= 1.0

@@ -127,13 +127,32 @@ def describe_vae(config, x_train):
     return None
 
 
+def vae_samples(params, config, seed, n=1000):
+    """n images decoded from z ~ N(0, I) (fixed evaluation noise) with a trained VAE's scratch-layout
+    params: the Bernoulli means σ(logits), or the Gaussian means clipped to [0, 1]; (n, D)."""
+    z = noise_for_step(0, seed, (n, config.z_dim), stream=EVAL_NOISE)  # (n, Z)
+    decoded, _ = V.decode(z.astype(params["dec.W_out"].dtype), params, config)  # (n, D)
+    return sigmoid(decoded) if config.likelihood == "bernoulli" else np.clip(decoded, 0.0, 1.0)
+
+
 def train_vae(args, make_trainer=ScratchVAETrainer, make_bar=None):
-    """Train a VAE as the command line asks; shared by scratch and the ports' command lines."""
+    """Train a VAE as the command line asks; shared by scratch and the ports' command lines. A run on
+    --data mnist also writes OUT/samples.npy, 1,000 decoded images (1000, 28, 28) in [0, 1]."""
+    import os
+
+    from scratch.runs import _atomic_write
+
     x_train, x_test = load_vae_data(args.data)
     config = vae_config_from_args(args, x_train.shape[1])
     trainer = make_trainer(config, x_train, x_test, args.seed, batch_size=args.batch_size, lr=args.lr)
-    return run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
-                        make_bar=make_bar, describe=describe_vae(config, x_train))
+    metrics = run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
+                           make_bar=make_bar, describe=describe_vae(config, x_train))
+    if args.data == "mnist":
+        state = trainer.state()  # every implementation's state is in the scratch layout
+        params = {name: state[name] for name in V.parameter_shapes(config)}
+        samples = vae_samples(params, config, args.seed).reshape(-1, 28, 28)  # (1000, 28, 28)
+        _atomic_write(os.path.join(args.out, "samples.npy"), lambda f: np.save(f, samples))
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------
