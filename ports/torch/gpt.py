@@ -36,7 +36,7 @@ __all__ = [
     "GPTConfig", "parameter_shapes", "init_gpt", "gelu_forward", "gelu_backward", "mlp_forward", "mlp_backward",
     "block_forward", "block_backward", "gpt_forward", "gpt_backward", "gpt_loss_forward", "gpt_loss_backward",
     "filter_logits", "sample",
-    "GPT", "to_torch_gpt", "from_torch_gpt", "to_hf_gpt2", "from_hf_gpt2",
+    "GPT", "to_torch_gpt", "from_torch_gpt", "to_hf_gpt2", "from_hf_gpt2", "hf_state_dict", "scratch_from_hf_state_dict",
 ]
 
 
