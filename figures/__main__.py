@@ -18,6 +18,7 @@ import time
 FIGURES = [
     "attention_masks",
     "attention_scale",
+    "flash_attention",
     "conv_arithmetic",
     "port_errors",
     "vae",
