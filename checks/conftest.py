@@ -13,6 +13,7 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers builds its models from configs here: never reach the hub
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
