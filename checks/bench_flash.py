@@ -14,8 +14,8 @@ with one fixed random upstream gradient, timed two ways.
 
 Peak memory: tracemalloc's peak for the NumPy candidates (every NumPy buffer is reported to it:
 deterministic), and for all three the growth of the resident set during the first call in its own
-process (ru_maxrss after the call − RSS before it, after a first call at T = 16 has set up the
-library's own buffers; noisy at small T, where it is a few MiB).
+process (the high-water RSS, reset just before the call, minus the RSS before it, after a first
+call at T = 16 has set up the library's own buffers; noisy at small T, where it is a few MiB).
 
 The existing benchmark's size, B = 8, H = 8, T = 128, d_k = 32, no mask, is timed too, both ways,
 for the third target: scratch's plain SDPA within 1.5× of PyTorch's.
@@ -23,7 +23,6 @@ for the third target: scratch's plain SDPA within 1.5× of PyTorch's.
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -81,13 +80,25 @@ def _rss():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak_rss():
+    """Linux ≥ 4.0: writing 5 to clear_refs resets the process's high-water RSS (VmHWM) to its current RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def worker(name, b, h, t, causal, repeats):
     """In a fresh process: RSS growth of the first call, then the median and fastest of `repeats` warm calls."""
     candidate(name, b, h, 16, causal)()  # the library's first call sets up its buffers (OpenBLAS: tens of MiB)
     run = candidate(name, b, h, t, causal)
+    _reset_peak_rss()  # else an earlier, transient peak (an import) would count as this call's
     before = _rss()
     run()
-    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    grown = _peak_rss() - before
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
