@@ -352,3 +352,29 @@ def test_one_submission_split_over_two_processes_gets_the_same_grade(tmp_path):
     assert reports["1"] == reports["2"]
     lost = [name for name, score, _ in reports["2"] if score == 0.0]
     assert "attention.softmax_backward" in lost and len(lost) < len(reports["2"]) / 2, lost
+
+
+@pytest.mark.parametrize("wall", WALLS)
+def test_a_grader_that_is_not_root_builds_the_same_wall(wall, tmp_path):
+    """The grader run as uid 1000 (in a user namespace of its own, so as a teaching assistant's
+    account would run it): no uid to drop, the wall makes its own user namespace; a stealer still
+    finds nothing and the reference still scores full marks."""
+    if os.geteuid() != 0:
+        pytest.skip("this machine's grader is not root: the other tests already run this path")
+    student = tmp_path / "student"
+    make.make(student, ["attention"])
+    shutil.copytree(REPO / "scratch", tmp_path / "class" / "alice" / "scratch", ignore=shutil.ignore_patterns("__pycache__"))
+    listener = Listener()
+    try:
+        attacks.apply(attacks.ATTACKS[0], student, tmp_path / "class" / "mallory",
+                      **attack_fields(tmp_path / "class", listener, "unused"))
+    finally:
+        listener.close()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", sys.executable, "-m", "checks.homework",
+                          "grade", str(tmp_path / "class"), "--topics", "attention", "--examples", "3", "--quiet",
+                          "--isolation", wall, "--csv", str(tmp_path / "scores.csv")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    totals = {row.split(",")[0]: float(row.split(",")[1]) for row in (tmp_path / "scores.csv").read_text().splitlines()[1:]}
+    assert totals == {"alice": len(tasks_for(make.resolve_topics(["attention"]))), "mallory": 0.0}, totals

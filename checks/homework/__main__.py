@@ -121,7 +121,7 @@ def main(argv=None):
         graded_.append((name, results))
         got, most = grader.total(results)
         title = f"{name} ({seconds:.1f} s, isolation: {isolation})"
-        print(f"{name}: {got:g}/{most:g} in {seconds:.1f} s" if args.quiet else report.table(results, title), flush=True)
+        print(f"{name}: {got:g}/{most:g} in {seconds:.1f} s ({isolation})" if args.quiet else report.table(results, title), flush=True)
         outputs.append((name, report.gradescope(results, seconds)))
     # Written only now, every child gone: a submission cannot overwrite a grade written before it ran.
     for name, data in outputs if args.json else []:
