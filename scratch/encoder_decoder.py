@@ -35,6 +35,9 @@ from scratch.transformer import (
 from scratch.validate import as_float_array, check_same_dtype, check_shape
 
 
+ATTENTION_KINDS = ("plain", "flash")
+
+
 class TransformerConfig(NamedTuple):
     src_vocab: int
     tgt_vocab: int
@@ -47,6 +50,9 @@ class TransformerConfig(NamedTuple):
     tie_output: bool = False  # True: the output projection is the target embedding, transposed
     dropout: float = 0.0
     pad_id: int = 0
+    # "flash": the decoder's causal self-attention by FlashAttention (scratch/flash_attention.py); the encoder's
+    # self-attention and the cross-attention mask the source padding, an arbitrary mask, so they stay plain
+    attention: str = "plain"
 
 
 def parameter_shapes(config):
@@ -169,13 +175,14 @@ def output_weight(params, config):
 def decode_forward(tgt_in, memory, src, params, config, rng=None):
     """logits (B, T, V_tgt) for target ids (B, T) that start with BOS, given memory (B, S, D)."""
     dropout = config.dropout if rng is not None else 0.0
-    self_mask = causal_mask(tgt_in.shape[1])  # (T, T), position i sees j ≤ i
+    flash = config.attention == "flash"  # causal by construction, no mask array
+    self_mask = None if flash else causal_mask(tgt_in.shape[1])  # (T, T), position i sees j ≤ i
     memory_mask = source_mask(src, config.pad_id)  # (B, 1, S)
     y, embed_cache = embed_forward(tgt_in, params["tgt_embed"], dropout, rng)  # (B, T, D)
     caches = []
     for i in range(config.num_layers):
         y, c = decoder_layer_forward(y, memory, prefixed(params, f"dec.{i}."), config.num_heads, self_mask,
-                                     memory_mask, config.norm_first, dropout, rng)  # (B, T, D)
+                                     memory_mask, config.norm_first, dropout, rng, config.attention)  # (B, T, D)
         caches.append(c)
     norm_cache = None
     if config.norm_first:
@@ -213,6 +220,8 @@ def transformer_forward(src, tgt_in, params, config, rng=None):
     `rng`, a np.random.Generator, turns dropout on (training); None turns it off (evaluation).
     """
     check_transformer_params(params, config)
+    if config.attention not in ATTENTION_KINDS:
+        raise ValueError(f"config.attention must be one of {ATTENTION_KINDS}, got {config.attention!r}")
     src = check_tokens("src", src, config, config.src_vocab)
     tgt_in = check_tokens("tgt_in", tgt_in, config, config.tgt_vocab)
     if src.shape[0] != tgt_in.shape[0]:
@@ -233,12 +242,14 @@ def transformer_backward(dlogits, cache):
 
 def attention_maps(cache):
     """The attention weights of a forward pass, (B, H, T_q, T_k) each: "enc.{i}.attn",
-    "dec.{i}.self_attn" and "dec.{i}.cross_attn" (what the figures draw; not part of the math)."""
+    "dec.{i}.self_attn" and "dec.{i}.cross_attn" (what the figures draw; not part of the math).
+    With attention="flash" the decoder's self-attention keeps no (T, T) weights: "dec.{i}.self_attn" is absent."""
     _, config, (_, enc_caches, _), (_, dec_caches, _, _) = cache
     maps = {}
     for i, layer in enumerate(enc_caches):
         maps[f"enc.{i}.attn"] = layer[3][2].attention.weights  # layer cache → sub-layer 1 → its MHA cache
     for i, layer in enumerate(dec_caches):
-        maps[f"dec.{i}.self_attn"] = layer[3][2].attention.weights
+        if hasattr(layer[3][2].attention, "weights"):
+            maps[f"dec.{i}.self_attn"] = layer[3][2].attention.weights
         maps[f"dec.{i}.cross_attn"] = layer[4][2].attention.weights
     return maps

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from scratch.attention import multi_head_attention_backward, multi_head_attention_forward
+from scratch.flash_attention import (FlashAttentionCache, flash_multi_head_attention_backward,
+                                     flash_multi_head_attention_forward)
 from scratch.layers import (
     dropout_backward,
     dropout_forward,
@@ -184,15 +186,24 @@ def sublayer_backward(dout, cache, sublayer_backward_fn):
     return dx, extra, dgamma, dbeta
 
 
-def _self_attention(params, prefix, num_heads, mask):
-    """f(h) = MHA(h, h) for a sub-layer, and its backward, which adds the query and key/value paths."""
+def _self_attention(params, prefix, num_heads, mask, flash=False):
+    """f(h) = MHA(h, h) for a sub-layer, and its backward, which adds the query and key/value paths.
+
+    flash=True: causal self-attention by scratch/flash_attention.py (the mask is then causal_mask, implied);
+    the backward knows which kind ran from the cache it is given.
+    """
     p = prefixed(params, prefix)
 
     def forward(h):
+        if flash:
+            return flash_multi_head_attention_forward(h, h, p, num_heads, causal=True)
         return multi_head_attention_forward(h, h, p, num_heads, mask)
 
     def backward(df, cache):
-        dx_q, dx_kv, grads = multi_head_attention_backward(df, cache)
+        if isinstance(cache.attention, FlashAttentionCache):
+            dx_q, dx_kv, grads = flash_multi_head_attention_backward(df, cache)
+        else:
+            dx_q, dx_kv, grads = multi_head_attention_backward(df, cache)
         return dx_q + dx_kv, grads
 
     return forward, backward
@@ -282,16 +293,23 @@ def encoder_layer_backward(dout, cache):
 
 
 def decoder_layer_forward(y, memory, params, num_heads, self_mask=None, memory_mask=None, norm_first=False,
-                          dropout=0.0, rng=None):
+                          dropout=0.0, rng=None, self_attention="plain"):
     """One decoder layer, §3.1: masked self-attention, attention over the encoder's output, feed-forward.
 
     y (B, T, D) the target so far, memory (B, S, D) the encoder's output; `self_mask` broadcastable
     to (B, T, T) (causal: position i sees j ≤ i), `memory_mask` to (B, T, S) (source padding).
+    self_attention="flash": the self-attention is causal and computed by FlashAttention (self_mask
+    must then be None); the attention over the memory keeps its arbitrary padding mask, so stays plain.
     """
     y, memory = check_decoder_layer_inputs(y, memory, params)
+    if self_attention not in ("plain", "flash"):
+        raise ValueError(f"self_attention must be 'plain' or 'flash', got {self_attention!r}")
+    if self_attention == "flash" and self_mask is not None:
+        raise ValueError("self_attention='flash' is causal self-attention, the mask built in: self_mask must be None, "
+                         f"got an array of shape {np.shape(self_mask)}")
     # BEGIN SOLUTION
     # HINT: like the encoder layer, with a second attention sub-layer whose keys and values are the memory.
-    attend, _ = _self_attention(params, "self_attn.", num_heads, self_mask)
+    attend, _ = _self_attention(params, "self_attn.", num_heads, self_mask, self_attention == "flash")
     h1, cache1 = sublayer_forward(y, attend, params["ln1.gamma"], params["ln1.beta"], norm_first, dropout, rng)  # (B, T, D)
     cross = prefixed(params, "cross_attn.")
     # queries from the decoder, keys and values from the encoder: every target position reads the source
