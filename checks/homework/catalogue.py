@@ -41,6 +41,32 @@ for h in range(num_heads):
     dx_kv += dk[..., cols] @ params["W_k"][:, cols].T + dv[..., cols] @ params["W_v"][:, cols].T
 """
 
+# flash_attention_forward with the log-sum-exp taken at the top of each key block's step, so what is left after
+# the loop is m and ℓ before the last block: the output is right, the backward's L_i is not.
+_FLASH_LSE_BEFORE_THE_LAST_BLOCK = """\
+q_scaled = q * scale
+for r0 in range(0, tq, block_q):
+    r1 = min(r0 + block_q, tq)
+    q_i = q_scaled[..., r0:r1, :]
+    m_i = np.full((*lead, r1 - r0), -np.inf, dtype=q.dtype)
+    l_i = np.zeros((*lead, r1 - r0), dtype=q.dtype)
+    o_i = np.zeros((*lead, r1 - r0, dv), dtype=q.dtype)
+    for j in range(key_blocks_seen(r1, tk, block_k, causal)):
+        with np.errstate(divide="ignore"):
+            lse[..., r0:r1] = m_i + np.log(l_i)  # the bug: saved before this block is added
+        c0, c1 = j * block_k, min((j + 1) * block_k, tk)
+        s = q_i @ k[..., c0:c1, :].swapaxes(-1, -2)
+        if causal and c1 - 1 > r0:
+            s[..., ~causal_block_mask(r0, r1, c0, c1)] = -np.inf
+        m_new = np.maximum(m_i, s.max(axis=-1))
+        p = np.exp(s - m_new[..., None])
+        alpha = np.exp(m_i - m_new)
+        l_i = alpha * l_i + p.sum(axis=-1)
+        o_i = alpha[..., None] * o_i + p @ v[..., c0:c1, :]
+        m_i = m_new
+    out[..., r0:r1, :] = o_i / l_i[..., None]
+"""
+
 BUGS = [
     Bug("softmax without the max shift", "attention", "softmax_forward",
         r"e = x - m  #", "e = x.copy()  #", "holds"),
@@ -183,6 +209,17 @@ BUGS = [
         r"unbiased = cache\.var \* \(cache\.count / \(cache\.count - 1\.0\)\)", "unbiased = cache.var", "running_var differs"),
     Bug("batch norm eval divides by the running variance, not its square root", "layers", "batch_norm_eval",
         r"scale = gamma / np\.sqrt\(running_var \+ eps\)", "scale = gamma / (running_var + eps)", "y differs"),
+    # flash (scratch/flash_attention.py)
+    Bug("flash forward: the output not rescaled when the running maximum grows", "flash_attention",
+        "flash_attention_forward", r"o_i \*= alpha\[\.\.\., None\]", "pass  # the bug: Õ stays against the old maximum",
+        "out differs"),
+    Bug("flash forward: the log-sum-exp saved before the last key block", "flash_attention", "flash_attention_forward",
+        "", _FLASH_LSE_BEFORE_THE_LAST_BLOCK, "lse"),
+    Bug("flash backward: D = rowsum(dO) instead of rowsum(dO ∘ O)", "flash_attention", "flash_attention_backward",
+        r"d = np\.vecdot\(dout, out\)", "d = dout.sum(axis=-1)", "differs"),
+    Bug("flash forward: causal key blocks skipped one too many (the diagonal block never read)", "flash_attention",
+        "flash_attention_forward", r"for j in range\(key_blocks_seen\(r1, tk, block_k, causal\)\):",
+        "for j in range(key_blocks_seen(r1, tk, block_k, causal) - int(causal)):", "out"),
 ]
 
 

@@ -479,11 +479,25 @@ LAYERS += [
 ]
 
 # ----------------------------------------------------------------------------------------------
+# flash (scratch/flash_attention.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def _flash(dtype):
+    """Causal (Tq = Tk) or not (Tq ≠ Tk), T up to 7 and blocks of 1 to 4, so that the keys span several blocks and
+    the running maximum grows; the forward is graded on its output and on the cache's log-sum-exp."""
+    return S.flash_cases(dtype, max_t=7, max_block=4).map(lambda c: c._asdict())
+
+
+FLASH = pair("flash_attention", "flash_attention", by_dtype(_flash), ("q", "k", "v", "causal", "block_q", "block_k"),
+             {"out": (0,), "lse": (1, "lse")}, "dout", {"dq": (0,), "dk": (1,), "dv": (2,)}, "(dq, dk, dv)")
+
+# ----------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------
 
 TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE, "gan": GAN, "transformer": TRANSFORMER, "decoding": DECODING,
-         "optim": OPTIM, "conv": CONV}
+         "optim": OPTIM, "conv": CONV, "flash_attention": FLASH}
 
 # topic → the modules it hands out, in the order a student works through them; the scratch
 # modules these import are handed out too (transformer's decoding brings encoder_decoder, the
@@ -496,6 +510,7 @@ TOPICS = {
     "transformer": ("layers", "attention", "transformer", "decoding"),
     "optim": ("optim",),
     "conv": ("layers", "conv"),  # batch norm's four functions are graded with layers
+    "flash": ("flash_attention",),  # the forward and the backward; attention.py comes along, as flash imports it
 }
 
 
