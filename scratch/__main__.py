@@ -18,11 +18,19 @@ MODELS = ("vae", "gan", "transformer", "gpt")
 # Defaults that differ by model; an option left out takes its model's value.
 DEFAULTS = {
     "vae": {"data": "digits", "steps": 3000, "batch_size": 128, "lr": 1e-3, "z_dim": 2},
-    "gan": {"data": "ring", "lr": 1e-3},  # steps and batch size: scratch.train.GAN_RUNS, by data set
+    "gan": {"data": "ring", "lr": 1e-3, "lr_end": 1e-5},  # steps and batch size: scratch.train.GAN_RUNS, by data set
     # --lr scales the paper's warm-up schedule (scratch/translation.py)
     "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 1.0, "layers": 2, "warmup": 400},
     # the calibration: 3 pre-norm layers of width 64, 4 heads, 4,000 AdamW steps of 64, one cycle
     "gpt": {"data": "names", "steps": 4000, "batch_size": 64, "lr": 1e-2, "layers": 3, "warmup": 200},
+}
+
+
+# --arch conv (scratch/train_conv.py), applied before DEFAULTS: the DCGAN at the paper's Adam (2e-4, β1 0.5) and
+# the conv VAE, each sized by measurement to train within the budget on two CPU cores
+CONV_DEFAULTS = {
+    "gan": {"data": "mnist", "steps": 3000, "batch_size": 64, "lr": 2e-4, "lr_end": 2e-4, "z_dim": 64, "width": 32},
+    "vae": {"data": "mnist", "steps": 1500, "batch_size": 64, "lr": 1e-3, "z_dim": 16, "width": 32},
 }
 
 
@@ -40,6 +48,9 @@ def build_parser(prog, implementation):
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     train.add_argument("--eval-every", type=int, default=500)
+    train.add_argument("--arch", choices=("mlp", "conv"), default="mlp", help="image models on --data mnist: mlp "
+                       "(default) or conv (gan: the DCGAN, vae: the convolutional VAE; scratch/train_conv.py)")
+    train.add_argument("--width", type=int, help="--arch conv: channels of the first convolution (default 32)")
     train.add_argument("--batch-size", type=int, help="default: vae 128; gan 256 (digits and mnist 64); transformer 64; gpt 64")
     train.add_argument("--lr", type=float, help="learning rate (default 1e-3; the GAN's falls to --lr-end); for the "
                        "transformer, the factor on the paper's warm-up schedule (default 1.0); gpt: the peak of warm-up + "
@@ -55,7 +66,8 @@ def build_parser(prog, implementation):
                      "default 2 for the mixtures, 1 for digits)")
     gan.add_argument("--disc-steps", type=int, default=1, help="discriminator updates per generator update (k)")
     gan.add_argument("--loss", choices=("non_saturating", "minimax"), default="non_saturating", help="generator loss")
-    gan.add_argument("--lr-end", type=float, default=1e-5, help="the learning rate reached at step --decay-steps")
+    gan.add_argument("--lr-end", type=float, help="the learning rate reached at step --decay-steps (default 1e-5; "
+                     "the DCGAN's: --lr, a constant rate)")
     gan.add_argument("--decay-steps", type=int, help="the rate falls geometrically from --lr to --lr-end over "
                      "this many steps, then stays (default: --steps)")
     gan.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="gan and transformer")
@@ -162,9 +174,15 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
         return run_sample(args)
     if args.out is None:
         args.out = f"runs/{args.model}-{implementation}"
-    for name, value in DEFAULTS[args.model].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    conv = getattr(args, "arch", "mlp") == "conv"
+    if conv and args.model not in CONV_DEFAULTS:
+        raise SystemExit(f"--arch conv is for the image models ({', '.join(CONV_DEFAULTS)}), got {args.model}")
+    for defaults in ((CONV_DEFAULTS[args.model],) if conv else ()) + (DEFAULTS[args.model],):
+        for name, value in defaults.items():  # an option left out takes the first value given for it
+            if getattr(args, name, None) is None:
+                setattr(args, name, value)
+    if conv and not (args.data == "mnist" or (args.model == "vae" and args.data.startswith("mnist:"))):
+        raise SystemExit(f"--arch conv trains on 28×28 digits: --data mnist, got {args.data!r}")
     if args.model == "gan":
         from scratch.train import GAN_DATA, GAN_RUNS
 
@@ -191,8 +209,13 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
     defaults = {"vae": (train.ScratchVAETrainer, train.train_vae), "gan": (train.ScratchGANTrainer, train.train_gan),
                 "transformer": (translation.ScratchTransformerTrainer, translation.train_transformer),
                 "gpt": (language_model.ScratchGPTTrainer, language_model.train_gpt)}
+    if conv:  # a port passes its own as trainers["gan:conv"] and trainers["vae:conv"]
+        from scratch import train_conv
+
+        defaults = {"gan": (train_conv.ScratchDCGANTrainer, train_conv.train_dcgan),
+                    "vae": (train_conv.ScratchConvVAETrainer, train_conv.train_conv_vae)}
     make_trainer, run = defaults[args.model]
-    make_trainer = (trainers or {}).get(args.model, make_trainer)
+    make_trainer = (trainers or {}).get(f"{args.model}:conv" if conv else args.model, make_trainer)
     metrics = run(args, make_trainer, make_bar=None if args.quiet else progress_bar())
     final = metrics["final"]
     print(json.dumps({"out": args.out, "wall_time_s": round(metrics["wall_time_s"], 2), "final": final}, indent=2))
