@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scratch.attention import MultiHeadAttentionCache, merge_heads, split_heads
+from scratch.attention import MultiHeadAttentionCache, merge_heads, split_heads, transposed
 from scratch.layers import LinearCache, linear_backward
 from scratch.validate import MHA_PARAM_NAMES, check_attention_inputs, check_multi_head_attention_inputs
 
@@ -95,6 +95,7 @@ def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):
     # HINT: for each query block keep m (running row maximum), l (running Σ exp) and o (running Σ exp·v); when a key
     # HINT: block raises m to m_new, multiply l and o by exp(m − m_new) before adding the block; divide o by l at the end.
     q_scaled = q * scale  # (..., Tq, dk): S = (Q/√d_k) Kᵀ, the scale applied once, not once per block
+    k_t = transposed(k)  # (..., dk, Tk): Kᵀ laid out for BLAS (see scratch/attention.py's transposed)
     for r0 in range(0, tq, block_q):
         r1 = min(r0 + block_q, tq)
         q_i = q_scaled[..., r0:r1, :]  # (..., Br, dk)
@@ -104,7 +105,7 @@ def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):
         for j in range(key_blocks_seen(r1, tk, block_k, causal)):
             c0, c1 = j * block_k, min((j + 1) * block_k, tk)
             # S_ij = Q_i K_jᵀ / √d_k
-            s = q_i @ k[..., c0:c1, :].swapaxes(-1, -2)  # (..., Br, Bc)
+            s = q_i @ k_t[..., c0:c1]  # (..., Br, Bc)
             if causal and c1 - 1 > r0:  # the block crosses the diagonal: mask the keys after each row
                 s[..., ~causal_block_mask(r0, r1, c0, c1)] = -np.inf
             # m_i⁽ʲ⁾ = max(m_i⁽ʲ⁻¹⁾, rowmax(S_ij)); finite, since key block 0 gives every row a key
@@ -142,6 +143,7 @@ def flash_attention_backward(dout, cache):
     # computed once from O instead of from every block of A
     d = np.vecdot(dout, out)  # (..., Tq)
     q_scaled = q * scale  # (..., Tq, dk)
+    k_t, v_t = transposed(k), transposed(v)  # (..., dk, Tk), (..., dv, Tk)
     for c0 in range(0, tk, block_k):
         c1 = min(c0 + block_k, tk)
         k_j, v_j = k[..., c0:c1, :], v[..., c0:c1, :]  # (..., Bc, dk), (..., Bc, dv)
@@ -153,14 +155,14 @@ def flash_attention_backward(dout, cache):
             r1 = min(r0 + block_q, tq)
             q_i, do_i = q_scaled[..., r0:r1, :], dout[..., r0:r1, :]  # (..., Br, dk), (..., Br, dv)
             # S_ij = Q_i K_jᵀ / √d_k, then P_ij = exp(S_ij − L_i): the forward's weights, recomputed exactly
-            s = q_i @ k_j.swapaxes(-1, -2)  # (..., Br, Bc)
+            s = q_i @ k_t[..., c0:c1]  # (..., Br, Bc)
             if causal and c1 - 1 > r0:
                 s[..., ~causal_block_mask(r0, r1, c0, c1)] = -np.inf  # exp(−∞) = 0: masked weights stay 0
             s -= lse[..., r0:r1, None]
             p = np.exp(s, out=s)  # (..., Br, Bc)
             # O = P V  ⇒  dV_j += P_ijᵀ dO_i  and  dP_ij = dO_i V_jᵀ
             dv_j += p.swapaxes(-1, -2) @ do_i  # (..., Bc, dv)
-            dp = do_i @ v_j.swapaxes(-1, -2)  # (..., Br, Bc)
+            dp = do_i @ v_t[..., c0:c1]  # (..., Br, Bc)
             # P = softmax(S) row by row  ⇒  dS_ij = P_ij ∘ (dP_ij − D_i)
             dp -= d[..., r0:r1, None]
             ds = np.multiply(p, dp, out=dp)  # (..., Br, Bc)

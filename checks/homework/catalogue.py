@@ -55,7 +55,7 @@ for r0 in range(0, tq, block_q):
         with np.errstate(divide="ignore"):
             lse[..., r0:r1] = m_i + np.log(l_i)  # the bug: saved before this block is added
         c0, c1 = j * block_k, min((j + 1) * block_k, tk)
-        s = q_i @ k[..., c0:c1, :].swapaxes(-1, -2)
+        s = q_i @ k[..., c0:c1, :].swapaxes(-1, -2)  # the reference's k_t, written without it
         if causal and c1 - 1 > r0:
             s[..., ~causal_block_mask(r0, r1, c0, c1)] = -np.inf
         m_new = np.maximum(m_i, s.max(axis=-1))
@@ -220,6 +220,19 @@ BUGS = [
     Bug("flash forward: causal key blocks skipped one too many (the diagonal block never read)", "flash_attention",
         "flash_attention_forward", r"for j in range\(key_blocks_seen\(r1, tk, block_k, causal\)\):",
         "for j in range(key_blocks_seen(r1, tk, block_k, causal) - int(causal)):", "out"),
+    # metrics (scratch/metrics.py)
+    Bug("Fréchet distance with biased covariances (divided by N, not N − 1)", "metrics", "frechet_distance",
+        r"cov_a = centred_a\.T @ centred_a / \(len\(a\) - 1\)  # \(d, d\)\n    cov_b = centred_b\.T @ centred_b / \(len\(b\) - 1\)",
+        "cov_a = centred_a.T @ centred_a / len(a)  # the bug: N\n    cov_b = centred_b.T @ centred_b / len(b)", "fid differs"),
+    Bug("Fréchet distance with the square root of Σ_a Σ_b taken elementwise", "metrics", "frechet_distance",
+        r"trace_sqrt = np\.sqrt\(np\.clip\(lam, 0\.0, None\)\)\.sum\(\)",
+        "trace_sqrt = np.trace(np.sqrt(np.abs(cov_a @ cov_b)))  # the bug: entry by entry, not the matrix root",
+        "fid differs"),
+    Bug("kernel distance with the diagonal kept (the biased MMD², k(x, x) counted)", "metrics", "kernel_distance",
+        r"within_a = \(k_aa\.sum\(\) - np\.trace\(k_aa\)\) / \(n \* \(n - 1\)\)\n    within_b = \(k_bb\.sum\(\) - np\.trace\(k_bb\)\) / \(m \* \(m - 1\)\)",
+        "within_a = k_aa.mean()  # the bug: i = j included\n    within_b = k_bb.mean()", "kid differs"),
+    Bug("precision/recall with each sample its own nearest neighbour (the radius one neighbour short)", "metrics",
+        "precision_recall", r"    np\.fill_diagonal\(dist, np\.inf\)  # exclude the point itself\n", "", "differs"),
 ]
 
 
