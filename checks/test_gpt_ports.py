@@ -6,8 +6,11 @@ port's own model (nanoGPT's nn.Module, the tf.Module, the keras.Model) holding s
 and the converters' round trips. Then sampling: filter_logits on logits with ties, and sample
 drawing scratch's very tokens from the same generator; the ports' generate loops equal scratch's
 cached generate token for token. Causality in every port: changing a later token leaves every
-earlier logit bit for bit unchanged. Bad input raises scratch's error, word for word. And why
-Keras's own GELU is not used: on TensorFlow its 0.044715 is rounded to float32.
+earlier logit bit for bit unchanged. Bad input raises scratch's error, word for word. Why the
+Keras model writes GELU out and hands MultiHeadAttention its scale: on TensorFlow, Keras rounds
+both constants through float32. Training: 30 AdamW steps of scratch, PyTorch and TensorFlow give
+the same losses and weights (float64); every port's run resumes exactly; the Keras model trains by
+`fit`; `python -m scratch sample` reads a PyTorch run's checkpoint.
 """
 
 import numpy as np
