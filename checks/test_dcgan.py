@@ -240,3 +240,11 @@ def test_command_line_writes_images_in_the_unit_interval(tmp_path, capsys):
 def test_trainer_rejects_other_data():
     with pytest.raises(ValueError, match="--data mnist"):
         ScratchDCGANTrainer(TINY, "digits", 0)
+
+
+def test_arch_mlp_stays_the_default_on_mnist(tmp_path):
+    out = tmp_path / "mlp"
+    assert main(["train", "gan", "--data", "mnist", "--steps", "1", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert "arch" not in config and config["gen_hidden"] == [512, 512] and config["lr"] == 1e-3 and config["lr_end"] == 1e-5
+    assert np.load(out / "samples.npy", allow_pickle=False).shape == (1000, 28, 28)

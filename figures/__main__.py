@@ -23,6 +23,7 @@ FIGURES = [
     "port_errors",
     "vae",
     "gan",
+    "dcgan",
     "transformer",
     "gpt",
 ]
