@@ -13,6 +13,7 @@ Every evaluation records `process_cpu_s`, the CPU seconds the process has used s
 BLAS thread that is the wall time the run takes on an idle core, whatever else the machine runs.
 """
 
+import contextlib
 import os
 import time
 
@@ -30,8 +31,11 @@ IMAGE_SHAPE = (1, 28, 28)
 
 
 def single_threaded_blas():
-    from threadpoolctl import threadpool_limits
-
+    """A context with NumPy's BLAS on one thread (threadpoolctl comes with scikit-learn, a dependency)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
 
 
