@@ -226,9 +226,13 @@ else:
     layer["self_v"] = np.concatenate([layer["self_v"], v], axis=2)
 out, _ = scaled_dot_product_attention_forward(q, layer["self_k"], layer["self_v"])
 """
+_GPT_STEP_EMBEDDING_SLICED = """\
+x = params["wte"][tokens][:, None, :] + params["wpe"][None, t : t + 1]  # (B, 1, D)
+"""
 ALTERNATIVES = {("optim", "Adam.step"): _ADAM_AS_THE_PAPER_ENDS_SECTION_2, ("optim", "SGD.step"): _SGD_WITH_OUT,
                 ("optim", "transformer_schedule.schedule"): _SCHEDULE_DIVIDED,
-                ("decoding", "decoder_step.attend_past"): _DECODER_STORES_FIRST}
+                ("decoding", "decoder_step.attend_past"): _DECODER_STORES_FIRST,
+                ("gpt", "gpt_step"): _GPT_STEP_EMBEDDING_SLICED}  # its first block: the new token's embedding
 
 
 def rewritten(folder, blocks=(), appended=None):
@@ -255,7 +259,7 @@ def same(a, b):
 
 
 def test_stateful_tasks_are_graded_over_sequences():
-    assert {"decoder_step", "sgd_step", "adam_step", "transformer_schedule"} <= set(STATEFUL)
+    assert {"decoder_step", "sgd_step", "adam_step", "transformer_schedule", "gpt_step"} <= set(STATEFUL)
     assert len(OPTIM_BUGS) >= 5 and {b.function for b in OPTIM_BUGS} == {"sgd_step", "adam_step", "transformer_schedule"}
 
 
@@ -286,6 +290,65 @@ def test_an_optim_bug_costs_no_other_point_of_its_module(bug, tmp_path):
     submission = catalogue.apply(bug, tmp_path)
     results = grader.grade(submission, TASKS["optim"], BUDGET)
     assert {r.task.split(".")[1]: r.score for r in results} == {t.name: float(t.name != bug.function) for t in TASKS["optim"]}
+
+
+def test_a_gpt_step_that_never_appends_to_its_cache_loses_its_point_only_over_a_sequence(tmp_path):
+    """gpt_step is pure: the grader hands each call the cache the call before returned (Steps.carry)."""
+    bug = next(b for b in catalogue.BUGS if b.name.startswith("cached step never appends"))
+    submission = catalogue.apply(bug, tmp_path)
+    task = BY_NAME["gpt_step"]
+    hit = grader.grade(submission, [task], BUDGET)[0]
+    assert hit.score == 0.0 and "step 2: logits differs" in hit.feedback, hit.feedback
+    assert "each step after the first given the kv that the step before returned" in hit.feedback, hit.feedback
+    one_call = task._replace(cases=task.cases.map(lambda case: {**case, "steps": case["steps"][:1]}))
+    assert grader.grade(submission, [one_call], BUDGET)[0].score == 1.0
+
+
+def test_a_generator_crosses_the_wire_as_a_fresh_copy_in_the_same_state():
+    """sample's rng: the reference and the child each get their own generator, drawing the same numbers."""
+    from checks.homework import protocol
+
+    rng = np.random.default_rng(3)
+    rng.random(5)  # not a fresh one: the state is what travels, not the seed
+    tree, arrays = pack([rng])
+    copy = protocol.unpack(tree, arrays, None)[0]
+    assert copy is not rng and np.array_equal(copy.random(4), rng.random(4))
+    with pytest.raises(TypeError, match="PCG64"):
+        pack(np.random.Generator(np.random.MT19937(0)))
+    with pytest.raises(protocol.ProtocolError, match="PCG64"):
+        protocol.unpack({"generator": {"bit_generator": "MT19937"}}, {}, None)
+
+
+_FILTER_FROM_THE_TOP = """\
+if top_k is not None and top_k < v:
+    kth = np.sort(out, axis=-1)[..., -top_k, None]  # (..., 1)
+    out = np.where(out >= kth, out, -np.inf)
+if top_p is not None:
+    order = np.argsort(-out, axis=-1, kind="stable")  # most likely first, ties by the lower index
+    ranked = np.take_along_axis(out, order, axis=-1)
+    e = np.exp(ranked - ranked[..., :1])
+    probs = e / e.sum(axis=-1, keepdims=True)
+    keep_ranked = np.cumsum(probs, axis=-1) - probs < top_p  # the more likely tokens hold less than p
+    keep = np.empty_like(keep_ranked)
+    np.put_along_axis(keep, order, keep_ranked, axis=-1)
+    out = np.where(keep, out, -np.inf)
+"""
+_SAMPLE_BY_ARGMAX = """\
+z = filter_logits(logits / temperature, top_k, top_p)
+e = np.exp(z - z.max(axis=-1, keepdims=True))
+cdf = np.cumsum(e, axis=-1)
+u = rng.random(cdf.shape[:-1])
+tokens = np.argmax(cdf > u[..., None] * cdf[..., -1:], axis=-1)
+"""
+
+
+def test_sampling_written_otherwise_keeps_its_points(tmp_path):
+    """top-p summed from the top (the reference sums from the bottom), probabilities unnormalised, the draw
+    by argmax: p is never drawn within rounding of a top set's mass, so the two agree on every case."""
+    submission = rewritten(tmp_path, {("sampling", "filter_logits"): _FILTER_FROM_THE_TOP,
+                                      ("sampling", "sample"): _SAMPLE_BY_ARGMAX})
+    results = grader.grade(submission, TASKS["sampling"], grader.Budget())
+    assert [(r.task, r.status) for r in results if r.score != 1.0] == [], [r.feedback for r in results if r.score != 1.0]
 
 
 def test_a_step_that_raises_midway_is_named(tmp_path):

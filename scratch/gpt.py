@@ -279,8 +279,11 @@ def gpt_step(tokens, kv, params, config):
     if t >= config.block_size:
         raise ValueError(f"the cache holds {t} positions, block_size = {config.block_size}: no position is left")
     tokens = check_gpt_inputs(np.asarray(tokens).reshape(-1, 1), params, config)[:, 0]  # (B,)
-    # x = wte[token] + wpe[t]
+    # x = wte[token] + wpe[t]: the new token's position is t, the number of positions already cached
+    # BEGIN SOLUTION
+    # HINT: embed the new tokens at their own position, t (the cache's length), not at position 0.
     x = (params["wte"][tokens] + params["wpe"][t])[:, None, :]  # (B, 1, D)
+    # END SOLUTION
     keys, values = [], []
     for i in range(config.n_layer):
         p = prefixed(params, f"h.{i}.")

@@ -91,7 +91,7 @@ def sample(logits, rng, temperature=1.0, top_k=None, top_p=None):
         raise TypeError(f"rng must be a numpy.random.Generator (or None at temperature 0), got {type(rng).__name__}")
     # BEGIN SOLUTION
     # HINT: temperature first (on the logits, not on the probabilities), then filter, softmax, and
-    # invert the cumulative distribution at one uniform number per row.
+    # HINT: invert the cumulative distribution at one uniform number per row (rng.random).
     # p_v ∝ exp(z_v / τ) over the tokens the filters keep
     z = filter_logits(logits / float(temperature), top_k, top_p)  # (..., V)
     probs, _ = softmax_forward(z)  # (..., V), 0 where removed

@@ -233,6 +233,33 @@ BUGS = [
         "within_a = k_aa.mean()  # the bug: i = j included\n    within_b = k_bb.mean()", "kid differs"),
     Bug("precision/recall with each sample its own nearest neighbour (the radius one neighbour short)", "metrics",
         "precision_recall", r"    np\.fill_diagonal\(dist, np\.inf\)  # exclude the point itself\n", "", "differs"),
+    # gpt (scratch/gpt.py), its sampling (scratch/sampling.py) and GELU (scratch/layers.py)
+    Bug("GELU backward without tanh' (d tanh(u)/du = 1 − t² left out)", "layers", "gelu_backward",
+        r"0\.5 \* x \* \(1\.0 - t \* t\) \* du", "0.5 * x * du", "dx differs"),
+    Bug("GPT block without the MLP's residual (y = mlp(ln_2(x₁)), not x₁ + mlp(ln_2(x₁)))", "gpt", "block_forward",
+        r"y = x1 \+ m  # \(B, T, D\)", "y = m  # (B, T, D)", "y differs"),
+    Bug("GPT block backward drops the attention's residual path (dx = LN_1'ᵀ attn'ᵀ dx₁ only)", "gpt", "block_backward",
+        r"dx = dx1 \+ dx_norm  # \(B, T, D\)", "dx = dx_norm  # (B, T, D)", "dx differs"),
+    Bug("top-k keeps exactly k tokens (torch.topk's way: the others tied with the k-th dropped)", "sampling",
+        "filter_logits", r"out\[out < kth\] = -np\.inf",
+        "drop = np.argsort(-out, axis=-1, kind=\"stable\")[..., top_k:]  # the bug: a tie at the k-th keeps one member\n"
+        "        np.put_along_axis(out, drop, -np.inf, axis=-1)", "logits differs"),
+    Bug("top-k keeps what is strictly above the k-th largest (> where ≥ belongs)", "sampling", "filter_logits",
+        r"out\[out < kth\] = -np\.inf", "out[out <= kth] = -np.inf", "logits differs"),
+    Bug("top-p removes the token that crosses p (keeps only what stays below p)", "sampling", "filter_logits",
+        r"remove_sorted = np\.cumsum\(probs, axis=-1\) <= 1\.0 - top_p",
+        "remove_sorted = np.cumsum(probs, axis=-1) - probs <= 1.0 - top_p", "logits differs"),
+    Bug("temperature applied after the softmax (p / τ, which the draw's normalisation undoes)", "sampling", "sample",
+        r"z = filter_logits\(logits / float\(temperature\), top_k, top_p\)  # \(\.\.\., V\)\n"
+        r"\s*probs, _ = softmax_forward\(z\)",
+        "z = filter_logits(logits, top_k, top_p)\n    probs = softmax_forward(z)[0] / float(temperature)  # the bug",
+        "tokens differs"),
+    # Stateful: gpt_step is pure and hands back its cache, which the grader feeds to the next call.
+    Bug("cached step never appends to the cache (attends over the new key and value, returns the old cache)", "gpt",
+        "gpt_step", r"keys\.append\(k\)\n\s*values\.append\(v\)",
+        "keys.append(kv.keys[i])  # the bug\n        values.append(kv.values[i])", "step 1 matched"),
+    Bug("cached step embeds every new token at position 0 (the position never advances)", "gpt", "gpt_step",
+        r"params\[\"wpe\"\]\[t\]", "params[\"wpe\"][0]", "logits differs"),
 ]
 
 

@@ -28,7 +28,21 @@ def show(value):
         text = np.array2string(value, **SHOW)
         text = text if "\n" not in text else "\n      " + text.replace("\n", "\n      ")
         return f"{text}  ({value.dtype}, shape {value.shape})"
+    if isinstance(value, np.random.Generator):
+        return generator(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields") and any(isinstance(v, (tuple, np.ndarray)) for v in value):
+        return f"{type(value).__name__}(" + ", ".join(f"{k}={show(v)}" for k, v in zip(value._fields, value)) + ")"
+    if isinstance(value, tuple) and any(isinstance(v, np.ndarray) for v in value):  # a KVCache's arrays, one per layer
+        return "(" + ", ".join(show(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     return repr(value)
+
+
+def generator(rng):
+    """A generator as the code that makes it, when it is still in its seed's first state."""
+    seed = rng.bit_generator.seed_seq.entropy if hasattr(rng.bit_generator, "seed_seq") else None
+    if isinstance(seed, int) and np.random.default_rng(seed).bit_generator.state == rng.bit_generator.state:
+        return f"np.random.default_rng({seed})"
+    return f"a np.random.Generator ({type(rng.bit_generator).__name__}) already drawn from"
 
 
 def mismatch(received, expected, dtype, exact):
@@ -111,9 +125,15 @@ def describe_steps(call, case):
         lines = [f"  {obj} = {built}, then {obj}{call.callee.rstrip('.')}({arguments}), {calls}"]
     else:
         lines = [f"  {call.callee}({arguments}), {calls}"]
-    if shared:
-        lines[0] += f" on the same {', '.join(shared)} (a call's changes to them are what the next call gets)"
-    lines += [f"  {name} = {show(case[name])}  (before {call.label} 1)" for name in shared]
+    carried = [name for name in shared if name in (call.carry or {})]  # handed on through the return value
+    kept = [name for name in shared if name not in carried]
+    if kept:
+        lines[0] += f" on the same {', '.join(kept)} (a call's changes to them are what the next call gets)"
+    if carried:
+        lines[0] += (f"{',' if kept else ''} each {call.label} after the first given the {', '.join(carried)} "
+                     f"that the {call.label} before returned")
+    lines += [f"  {name} = {show(case[name])}  ({'given to' if name in carried else 'before'} {call.label} 1)"
+              for name in shared]
     for k, step in enumerate(steps, start=1):
         lines.append(f"  {call.label} {k}: " + ", ".join(f"{name} = {show(value)}" for name, value in step.items()))
     return lines

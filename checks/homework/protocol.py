@@ -6,7 +6,10 @@ normally by the parent. It uses only the standard library and NumPy, and holds n
 A message is 8 bytes of big-endian length, then an uncompressed `.npz` archive. The archive's
 entry `__meta__` is a UTF-8 JSON document (as a uint8 array); every other entry is an array.
 Structured values (the arguments of a call, a forward's cache) travel as a JSON tree whose
-leaves name arrays of the archive: `pack` builds the tree, `unpack` rebuilds the value.
+leaves name arrays of the archive: `pack` builds the tree, `unpack` rebuilds the value. A
+np.random.Generator travels as its PCG64 state (plain ints in the JSON): the receiver gets a new
+generator that draws exactly what the sent one would have, so the reference and the submission
+both draw from the same numbers, each from its own fresh copy.
 
 Why not pickle: unpickling runs code, so a submission could make the parent execute anything.
 The parent reads archives with `allow_pickle=False`, checks the uncompressed size of every
@@ -47,6 +50,11 @@ def pack(value, arrays=None):
             return {"array": leaf(x)}
         if isinstance(x, np.generic):
             return {"scalar": leaf(x)}
+        if isinstance(x, np.random.Generator):  # its state: the other side gets a fresh one that draws the same
+            state = x.bit_generator.state
+            if state.get("bit_generator") != "PCG64":
+                raise TypeError(f"cannot send a Generator of {state.get('bit_generator')!r}: only PCG64 (np.random.default_rng)")
+            return {"generator": state}
         if x is None or isinstance(x, (bool, int, float, str)):
             return {"value": x}
         if isinstance(x, tuple) and hasattr(x, "_fields"):  # a NamedTuple: keep its class's name
@@ -70,6 +78,8 @@ def unpack(tree, arrays, find_class):
             return arrays[t["scalar"]][()]
         if "value" in t:
             return t["value"]
+        if "generator" in t:
+            return generator(t["generator"])
         if "namedtuple" in t:
             return find_class(*t["namedtuple"])(*[walk(i) for i in t["items"]])
         if "tuple" in t:
@@ -81,6 +91,18 @@ def unpack(tree, arrays, find_class):
         raise ProtocolError(f"unknown node {sorted(t)}")
 
     return walk(tree)
+
+
+def generator(state):
+    """A new np.random.Generator in `state` (PCG64's state dict): it draws what the sent one would have."""
+    if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        raise ProtocolError("a generator must be sent as PCG64's state")
+    bits = np.random.PCG64()
+    try:
+        bits.state = state
+    except (TypeError, ValueError, KeyError) as error:
+        raise ProtocolError(f"unusable generator state: {error}") from None
+    return np.random.Generator(bits)
 
 
 def plain_array(x):
@@ -129,8 +151,10 @@ def run_steps(module, values, steps):
     `values` are the slots 0, 1, … the calls start from, and each call's return value becomes
     the next slot, so an object one call builds (an optimizer) and a value a call changes in
     place (the parameters, a decoding state) are the very same objects at the next call. A step
-    is [callee, argument slots, [[output name, path], …]]: callee "name" is `module.name`,
-    "@i" the object in slot i, "@i.name" its attribute (a method). A path starts with a slot.
+    is [callee, arguments, [[output name, path], …]]: callee "name" is `module.name`, "@i" the
+    object in slot i, "@i.name" its attribute (a method). An argument is a slot, or a path into
+    one ([slot, 1]: the second item of what a call returned, the new state of a pure step such
+    as gpt_step's key/value cache). A path starts with a slot.
 
     The grader runs the reference this way, the child the submission, and the public checks
     the student's code, so the three can never disagree about what a sequence means.
@@ -143,7 +167,7 @@ def run_steps(module, values, steps):
             target = getattr(target, name) if name else target
         else:
             target = getattr(module, callee)
-        slots.append(target(*[slots[i] for i in arguments]))
+        slots.append(target(*[slots[a] if isinstance(a, int) else navigate(slots[a[0]], a[1:]) for a in arguments]))
         yield select(slots, {name: path for name, path in selection})
 
 

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import hypothesis.strategies as st
 import numpy as np
+from hypothesis import assume
 from hypothesis.extra import numpy as hnp
 
 from checks import strategies as S
@@ -52,7 +53,10 @@ class Steps(NamedTuple):
     dict, else a case value shared by every call: sent once, so what one call changes in it is
     what the next call gets. `outputs`: name → path whose first element is "return" or an
     argument's name; `inspect`: a method of the built object whose result is compared after
-    every call too ("state_dict": the optimizer's state).
+    every call too ("state_dict": the optimizer's state). `carry`: argument name → path into the
+    previous call's return value: from the second call on, that argument is what the call before
+    returned there, for a pure step that hands back its new state (gpt_step's key/value cache);
+    the first call gets the case value.
     """
 
     function: str  # what is graded, as its NotImplementedError names it: "SGD.step", "decoder_step"
@@ -62,6 +66,7 @@ class Steps(NamedTuple):
     outputs: dict
     inspect: str = ""
     label: str = "step"  # one call, in the feedback: "step 2: params.W differs"
+    carry: dict = None  # {"kv": ("return", 1)}: the next call's kv is this call's return value [1]
 
 
 def sequence(call, case):
@@ -82,11 +87,26 @@ def sequence(call, case):
         names.append(f"{call.build[0]}({', '.join(call.build[1])})")
     obj = first  # the built object's slot
     callee = f"@{obj}{call.callee}".rstrip(".") if call.callee.startswith(".") else call.callee
+    carry, previous = call.carry or {}, None  # previous: the slot of the last call's return value
+
+    def argument(name, values):
+        if name in values:
+            return values[name]
+        if name in carry and previous is not None:
+            return [previous, *carry[name][1:]]  # a path into what the call before returned
+        return shared[name]
+
+    def where(path, arguments):
+        if path[0] == "return":
+            return [result, *path[1:]]
+        given = arguments[call.args.index(path[0])]
+        return [*(given if isinstance(given, list) else [given]), *path[1:]]
+
     for k, values in enumerate(own, start=1):
-        arguments = [values[name] if name in values else shared[name] for name in call.args]
+        arguments = [argument(name, values) for name in call.args]
         result = first + len(steps)
-        selection = [[f"{call.label} {k}: {name}", [result if path[0] == "return" else arguments[call.args.index(path[0])],
-                                                    *path[1:]]] for name, path in call.outputs.items()]
+        selection = [[f"{call.label} {k}: {name}", where(path, arguments)] for name, path in call.outputs.items()]
+        previous = result
         steps.append([callee, arguments, selection])
         names.append(f"{call.label} {k}")
         if call.inspect:
@@ -493,11 +513,179 @@ FLASH = pair("flash_attention", "flash_attention", by_dtype(_flash), ("q", "k", 
              {"out": (0,), "lse": (1, "lse")}, "dout", {"dq": (0,), "dk": (1,), "dv": (2,)}, "(dq, dk, dv)")
 
 # ----------------------------------------------------------------------------------------------
+# metrics (scratch/metrics.py): scores of two sets of features, plain functions returning floats
+# ----------------------------------------------------------------------------------------------
+
+
+@st.composite
+def _feature_sets(draw, dtype, names=("a", "b"), extra=0):
+    """Two sets of Gaussian features from a drawn seed, N, M ≥ d + 2 + extra: full-rank covariances, where every
+    correct way of taking the square root agrees to 1e-12 (a singular Σ leaves √ε ≈ 1e-8 between two of them),
+    and no two distances tie (precision/recall compare distances with radii). The second set is shifted and
+    scaled, so that no term of a score is zero by accident."""
+    seed = draw(st.integers(0, 2**32 - 1), label="seed")
+    d = draw(st.integers(1, 5), label="d")
+    n, m = (draw(st.integers(d + 2 + extra, 16), label=f"rows of {name}") for name in names)
+    shift, scale = draw(st.sampled_from([0.5, 0.0, -2.0]), label="shift"), draw(st.sampled_from([1.5, 1.0, 0.3]), label="scale")
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, d))  # (N, d)
+    b = scale * rng.standard_normal((m, d)) + shift  # (M, d)
+    return {names[0]: a.astype(dtype), names[1]: b.astype(dtype)}
+
+
+def _precision_recall(dtype):
+    return _feature_sets(dtype, ("real", "fake"), extra=2).flatmap(
+        lambda case: st.integers(1, 3).map(lambda k: {**case, "k": k}))
+
+
+@st.composite
+def _probs(draw, dtype):
+    """Softmax rows (N, K) of drawn logits, some sharp (near one-hot), some flat."""
+    seed, n, k = draw(st.integers(0, 2**32 - 1), label="seed"), draw(st.integers(1, 12), label="N"), draw(st.integers(2, 10), label="K")
+    logits = draw(st.sampled_from([4.0, 1.0, 0.0]), label="sharpness") * np.random.default_rng(seed).standard_normal((n, k))
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return {"probs": (e / e.sum(axis=1, keepdims=True)).astype(dtype)}
+
+
+METRICS = [
+    Task("frechet_distance", "metrics", by_dtype(_feature_sets), Forward("frechet_distance", ("a", "b"), {"fid": ()}),
+         "a float"),
+    Task("kernel_distance", "metrics", by_dtype(_feature_sets), Forward("kernel_distance", ("a", "b"), {"kid": ()}),
+         "a float"),
+    Task("precision_recall", "metrics", by_dtype(_precision_recall),
+         Forward("precision_recall", ("real", "fake", "k"), {"precision": (0,), "recall": (1,)}), "(precision, recall)"),
+    Task("inception_score", "metrics", by_dtype(_probs), Forward("inception_score", ("probs",), {"is": ()}), "a float"),
+]
+
+# ----------------------------------------------------------------------------------------------
+# gpt (scratch/gpt.py), its sampling filters (scratch/sampling.py), and GELU (in layers.py)
+# ----------------------------------------------------------------------------------------------
+
+LAYERS += pair("layers", "gelu", by_dtype(_elementwise), ("x",), {"y": (0,)}, "dout", {"dx": ()}, "dx")
+
+
+@st.composite
+def _block(draw, dtype):
+    """Block i of a tiny GPT (S.gpt_cases: 1 or 2 blocks, 1 or 2 heads, T ≤ 6), its own parameters only
+    ("h.{i}.…", so a block that reads h.0 whatever i is shows), x (B, T, D) with every row's features
+    spread (layer norm divides by their spread) and an upstream gradient dy."""
+    from scratch.gpt import layer_names
+
+    case = draw(S.gpt_cases(dtype))
+    (b, t), d = case.tokens.shape, case.config.d_model
+    i = draw(st.integers(0, case.config.n_layer - 1), label="i")
+    return {"x": S.spread_rows(draw(S.floats(dtype, (b, t, d)), label="x")), "i": i, "n_head": case.config.n_head,
+            "params": {name: case.params[name] for name in layer_names(i)}, "dy": draw(S.floats(dtype, (b, t, d)), label="dy")}
+
+
+# How close p may come to the mass of a top set and still have one right answer: closer, two correct
+# filters that add the same probabilities in another order (from the top, or from the bottom as the
+# reference does) may round to opposite sides of p. p drawn "near" a mass sits 100 margins from it.
+_MASS_MARGIN = {"float64": 1e-9, "float32": 1e-5}
+
+
+def _top_masses(logits, top_k):
+    """Per row, the probability mass of its 1, 2, … most likely tokens (the whole row's left out) after
+    top-k, in float64: what top-p compares with p."""
+    from scratch.sampling import filter_logits
+
+    z = filter_logits(logits, top_k).astype(np.float64)  # (B, V)
+    masses = []
+    for row in z:
+        finite = np.sort(row[np.isfinite(row)])[::-1]  # most likely first
+        p = np.exp(finite - finite[0])
+        masses.append(np.cumsum(p / p.sum())[:-1])
+    return masses
+
+
+@st.composite
+def _filters(draw, logits, dtype):
+    """top_k (None, or 1 to 9: at, below and beyond V, often on a tie) and top_p (None, a round value, any
+    value, or one just above or below the mass of a top set), p never within a margin of such a mass."""
+    top_k = draw(st.none() | st.integers(1, 9), label="top_k")
+    masses = np.concatenate(_top_masses(logits, top_k))
+    kind = draw(st.sampled_from(["near a mass", "none", "round", "any"]), label="top_p drawn")
+    if kind == "near a mass" and masses.size:
+        side = draw(st.sampled_from([1.0, -1.0]), label="above or below")
+        top_p = min(float(draw(st.sampled_from(list(masses)), label="mass")) + side * 100 * _MASS_MARGIN[dtype], 1.0)
+    elif kind == "any":
+        top_p = draw(st.floats(0.01, 1.0), label="top_p")
+    elif kind == "round":
+        top_p = draw(st.sampled_from([0.5, 0.9, 0.25, 0.75, 1.0]), label="top_p")
+    else:
+        top_p = None
+    assume(top_p is None or not np.any(np.abs(masses - top_p) <= _MASS_MARGIN[dtype]))
+    return top_k, top_p
+
+
+@st.composite
+def _filter_logits(draw, dtype):
+    """S.logits_with_ties (levels shared by many tokens, −inf now and then), in the dtype, and the filters."""
+    logits = draw(S.logits_with_ties(), label="logits").astype(dtype)
+    top_k, top_p = draw(_filters(logits, np.dtype(dtype).name))
+    return {"logits": logits, "top_k": top_k, "top_p": top_p}
+
+
+_DRAWS_PER_ROW = 16
+
+
+@st.composite
+def _sample(draw):
+    """Logits with ties, a temperature (1, 0: the argmax, sharper, flatter, any), the filters on the tempered
+    logits, and a generator from a drawn seed: the child gets a fresh generator in the same state
+    (protocol.pack), so a correct sample draws the reference's uniform numbers and its tokens. Each row is
+    drawn from 16 times (logits (16, B, V): a leading axis too), so that a sample that gets the distribution
+    wrong picks another token somewhere. float64: the tokens are ids, and float32 probabilities summed in
+    two orders would move the bins by 1e-7."""
+    rows = draw(S.logits_with_ties(), label="logits")
+    logits = np.repeat(rows[None], _DRAWS_PER_ROW, axis=0)  # (16, B, V)
+    temperature = draw(st.sampled_from([1.0, 0.0, 0.5, 2.0]) | st.floats(0.05, 5.0), label="temperature")
+    top_k, top_p = draw(_filters(rows / temperature if temperature > 0 else rows, "float64"))
+    seed = draw(st.integers(0, 2**32 - 1), label="seed")
+    return {"logits": logits, "rng": np.random.default_rng(seed), "temperature": temperature, "top_k": top_k,
+            "top_p": top_p, "dtype": "float64"}
+
+
+@st.composite
+def _gpt_step(draw, dtype):
+    """A tiny GPT, its key/value cache after 0 to block_size − 1 steps of the reference, and the next 1 to
+    block_size − that many tokens of every row, fed one call after another, each call given the cache the
+    call before returned: a step must embed its token at position t (the cache's length), attend over
+    the cache and hand back the cache with its own key and value added, or the next step's logits are wrong."""
+    from scratch.gpt import empty_kv_cache, gpt_step
+
+    case = draw(S.gpt_cases(dtype))
+    config, b = case.config, case.tokens.shape[0]
+    tokens = draw(hnp.arrays(np.int64, (b, config.block_size), elements=st.integers(0, config.vocab_size - 1)),
+                  label="tokens")
+    done = draw(st.integers(0, config.block_size - 1), label="steps already decoded")
+    calls = draw(st.integers(1, config.block_size - done), label="calls in a row")
+    kv = empty_kv_cache(case.params, config, b)
+    for j in range(done):
+        _, kv = gpt_step(tokens[:, j], kv, case.params, config)
+    return {"kv": kv, "params": case.params, "config": config,
+            "steps": [{"tokens": tokens[:, j]} for j in range(done, done + calls)]}
+
+
+SAMPLING = [
+    Task("filter_logits", "sampling", by_dtype(_filter_logits),
+         Forward("filter_logits", ("logits", "top_k", "top_p"), {"logits": ()}),
+         "logits (..., V), the removed tokens at −inf", exact=True),  # kept values are the input's own: bit for bit
+    Task("sample", "sampling", _sample(), Forward("sample", ("logits", "rng", "temperature", "top_k", "top_p"),
+                                                  {"tokens": ()}), "token ids (...), one per row of logits"),
+]
+GPT = pair("gpt", "block", by_dtype(_block), ("x", "params", "i", "n_head"), {"y": (0,)}, "dy",
+           {"dx": (0,), "grads": (1,)}, "(dx, grads)")
+GPT += [Task("gpt_step", "gpt", by_dtype(_gpt_step),
+             Steps("gpt_step", (), "gpt_step", ("tokens", "kv", "params", "config"), {"logits": ("return", 0)},
+                   carry={"kv": ("return", 1)}), "(logits (B, V), kv)")]
+
+# ----------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------
 
 TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE, "gan": GAN, "transformer": TRANSFORMER, "decoding": DECODING,
-         "optim": OPTIM, "conv": CONV, "flash_attention": FLASH}
+         "optim": OPTIM, "conv": CONV, "flash_attention": FLASH, "metrics": METRICS, "sampling": SAMPLING, "gpt": GPT}
 
 # topic → the modules it hands out, in the order a student works through them; the scratch
 # modules these import are handed out too (transformer's decoding brings encoder_decoder, the
@@ -511,6 +699,8 @@ TOPICS = {
     "optim": ("optim",),
     "conv": ("layers", "conv"),  # batch norm's four functions are graded with layers
     "flash": ("flash_attention",),  # the forward and the backward; attention.py comes along, as flash imports it
+    "metrics": ("metrics",),  # FID, KID, precision/recall, the Inception Score: no gradients, plain functions
+    "gpt": ("layers", "attention", "transformer", "sampling", "gpt"),  # GELU is in layers; the block needs layer norm
 }
 
 
