@@ -1,19 +1,21 @@
 """python -m scratch train MODEL [--data D] [--steps N] [--seed S] [--out DIR] [--resume]
 python -m scratch translate "ninety-seven" [--checkpoint runs/transformer-scratch/checkpoint.npz]
 python -m scratch sample runs/gpt-scratch/checkpoint.npz [--num 20] [--temperature 0.8] [--top-p 0.95] [--prompt Mc]
+python -m scratch score runs/gan-scratch/samples.npy [--classifier CKPT] [--floor]
 
 Trains a NumPy model and writes DIR/metrics.json and DIR/checkpoint.npz (scratch/runs.py).
 The ports have the same command line: python -m ports.torch train vae, and so on.
 `translate` turns English number words (or an integer, written out by num2words) into French
 with a trained Transformer checkpoint from any implementation; `sample` prints what a trained GPT
-writes (census names by default), one sample a line.
+writes (census names by default), one sample a line; `score` prints FID, KID, precision, recall and
+the Inception Score analogue of generated digits against the 1,000 test digits (scratch/scoring.py).
 """
 
 import argparse
 import json
 import sys
 
-MODELS = ("vae", "gan", "transformer", "gpt")
+MODELS = ("vae", "gan", "transformer", "gpt", "classifier")
 
 # Defaults that differ by model; an option left out takes its model's value.
 DEFAULTS = {
@@ -23,6 +25,8 @@ DEFAULTS = {
     "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 1.0, "layers": 2, "warmup": 400},
     # the issue's calibration: 3 pre-norm layers of width 64, 4 heads, 4,000 AdamW steps of 64, one cycle
     "gpt": {"data": "names", "steps": 4000, "batch_size": 64, "lr": 1e-2, "layers": 3, "warmup": 200},
+    # the digit classifier whose features every score uses (scratch/scoring.py): 24 epochs of shifted digits
+    "classifier": {"data": "mnist", "steps": 1500, "batch_size": 64, "lr": 1e-3, "lr_end": 1e-5},
 }
 
 
@@ -93,6 +97,12 @@ def build_parser(prog, implementation):
     sample.add_argument("--top-p", type=float, default=None, help="keep the most likely tokens reaching mass p")
     sample.add_argument("--prompt", default="", help="the start of every sample")
     sample.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples")
+    score = commands.add_parser("score", help="FID, KID, precision, recall and the IS analogue of generated digits")
+    score.add_argument("samples", nargs="?", help="a .npy of images (N, 28, 28) or (N, 1, 28, 28) in [0, 1]")
+    score.add_argument("--classifier", default=None, help="a classifier checkpoint.npz (default: the one trained "
+                       "on first use with seed 0 and cached in ~/.cache/genai-from-scratch)")
+    score.add_argument("--floor", action="store_true", help="also score 1,000 real training digits (the floor)")
+    score.add_argument("--k", type=int, default=3, help="the nearest neighbour whose distance is a ball's radius")
     translate = commands.add_parser("translate", help="English number words → French, with a trained transformer")
     translate.add_argument("sentence", nargs="+", help="English number words, or an integer (written out for you)")
     translate.add_argument("--checkpoint", default="runs/transformer-scratch/checkpoint.npz")
@@ -172,6 +182,10 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
         return run_translate(args)
     if args.command == "sample":
         return run_sample(args)
+    if args.command == "score":
+        from scratch.scoring import run_score
+
+        return run_score(args)
     if args.out is None:
         args.out = f"runs/{args.model}-{implementation}"
     conv = getattr(args, "arch", "mlp") == "conv"
@@ -191,6 +205,9 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
         for name, value in GAN_RUNS.get(args.data, {}).items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
+    if args.model == "classifier" and (args.data != "mnist" or implementation != "scratch"):
+        raise SystemExit(f"the classifier trains in scratch on --data mnist only (python -m scratch train classifier), "
+                         f"got {implementation} with --data {args.data!r}")
     if args.model == "transformer" and args.data != "numbers":
         raise SystemExit(f"--data must be numbers for the transformer, got {args.data!r}")
     if args.model == "gpt" and args.data not in ("names", "names:last", "names:first") and not args.data.startswith("text:"):
@@ -204,11 +221,12 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
                          f"unless given): the rate warms up, then decays over the rest")
     from scratch import train
 
-    from scratch import language_model, translation
+    from scratch import language_model, scoring, translation
 
     defaults = {"vae": (train.ScratchVAETrainer, train.train_vae), "gan": (train.ScratchGANTrainer, train.train_gan),
                 "transformer": (translation.ScratchTransformerTrainer, translation.train_transformer),
-                "gpt": (language_model.ScratchGPTTrainer, language_model.train_gpt)}
+                "gpt": (language_model.ScratchGPTTrainer, language_model.train_gpt),
+                "classifier": (scoring.ScratchClassifierTrainer, scoring.train_classifier)}
     if conv:  # a port passes its own as trainers["gan:conv"] and trainers["vae:conv"]
         from scratch import train_conv
 
