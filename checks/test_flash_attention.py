@@ -249,3 +249,80 @@ def test_torch_port_runs_on_the_fused_flash_kernel(dtype):
         grads = port.flash_attention_backward(dout, cache)
     case = type("Case", (), {"q": q, "k": k, "v": v, "dout": dout, "causal": True})()
     assert_all_close(dict(zip(("out", "dq", "dk", "dv"), (out, *grads))), run_plain(case), "torch", "plain attention", dtype)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["none", "causal"])
+def test_keras_dot_product_attention_equals_flash(causal):
+    """keras.ops.dot_product_attention, Keras's own kernel (plain on the TensorFlow backend), against scratch's flash.
+
+    Measured: in float64 Keras rounds its scale 1/√d_k through float32 (as its MultiHeadAttention does, see
+    ports/keras/gpt.py), so it equals scratch's flash with that scale, not with the exact one.
+    """
+    require("keras", "flash_attention")
+    from keras import ops
+
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((2, 3, 37, 8)) for _ in range(3))  # (B, H, T, d)
+    bthd = lambda x: np.ascontiguousarray(x.transpose(0, 2, 1, 3))  # noqa: E731  Keras's layout (B, T, H, d)
+    out = ops.convert_to_numpy(ops.dot_product_attention(bthd(q), bthd(k), bthd(v), is_causal=causal)).transpose(0, 2, 1, 3)
+    exact, _ = F.flash_attention_forward(q, k, v, causal, 16, 8)
+    keras_scale = float(np.float32(1.0 / np.sqrt(8.0)))
+    as_keras, _ = F.flash_attention_forward(q * (keras_scale * np.sqrt(8.0)), k, v, causal, 16, 8)
+    assert_close(out, as_keras, impl="keras", what=f"ops.dot_product_attention (causal={causal}), scale rounded to float32")
+    difference = np.abs(out - exact).max()
+    assert 1e-10 < difference < 1e-6, f"keras: with the exact scale the difference is {difference:.3g}, not float32 rounding"
+
+
+# ----------------------------------------------------------------------------------------------
+# The models with attention="flash"
+# ----------------------------------------------------------------------------------------------
+
+
+def test_gpt_trained_with_flash_attention_follows_the_plain_one():
+    """Five Adam steps of a GPT whose 150 positions span three flash blocks of 64 (the last one short)."""
+    from scratch.gpt import GPTConfig, gpt_loss_backward, gpt_loss_forward, init_gpt
+    from scratch.optim import Adam
+
+    plain = GPTConfig(vocab_size=11, block_size=150, n_layer=2, n_head=2, d_model=8)
+    flash = plain._replace(attention="flash")
+    rng = np.random.default_rng(0)
+    start = init_gpt(plain, rng)
+    tokens = rng.integers(0, plain.vocab_size, (2, plain.block_size + 1))
+    runs = {}
+    for config in (plain, flash):
+        params, optimizer, losses = {k: v.copy() for k, v in start.items()}, Adam(lr=1e-2), []
+        for _ in range(5):
+            loss, cache = gpt_loss_forward(tokens, params, config)
+            optimizer.step(params, gpt_loss_backward(1.0, cache))
+            losses.append(loss)
+        runs[config.attention] = (np.array(losses), params)
+    assert_close(runs["flash"][0], runs["plain"][0], impl="scratch", what="GPT losses over 5 steps, flash against plain")
+    assert runs["flash"][0][-1] < runs["flash"][0][0], "the flash GPT did not learn"
+    for name, value in runs["plain"][1].items():
+        assert_close(runs["flash"][1][name], value, impl="scratch", what=f"GPT {name} after 5 steps, flash against plain")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+def test_encoder_decoder_with_flash_self_attention_equals_the_plain_one(dtype):
+    """The decoder's causal self-attention by flash (targets of 70 positions: two blocks), padded sources plain."""
+    from scratch import encoder_decoder as M
+
+    config = M.TransformerConfig(src_vocab=7, tgt_vocab=9, d_model=8, num_heads=2, d_ff=16, num_layers=2, max_len=80,
+                                 norm_first=True)
+    rng = np.random.default_rng(1)
+    params = M.init_transformer(config, rng, dtype)
+    src = rng.integers(1, config.src_vocab, (3, 12))
+    src[1, 7:] = src[2, 3:] = config.pad_id  # padded sources: the encoder and the cross-attention keep their masks
+    tgt_in = rng.integers(1, config.tgt_vocab, (3, 70))
+    logits, cache = M.transformer_forward(src, tgt_in, params, config)
+    dlogits = rng.standard_normal(logits.shape).astype(dtype)
+    grads = M.transformer_backward(dlogits, cache)
+    flash_logits, flash_cache = M.transformer_forward(src, tgt_in, params, config._replace(attention="flash"))
+    flash_grads = M.transformer_backward(dlogits, flash_cache)
+    assert flash_logits.dtype == np.dtype(dtype)
+    assert_close(flash_logits, logits, impl="scratch", what="encoder-decoder logits, flash against plain")
+    for name, value in grads.items():
+        assert_close(flash_grads[name], value, impl="scratch", what=f"encoder-decoder d{name}, flash against plain")
+    assert "dec.0.self_attn" not in M.attention_maps(flash_cache) and "dec.0.cross_attn" in M.attention_maps(flash_cache)
+    with pytest.raises(ValueError, match="config.attention must be one of"):
+        M.transformer_forward(src, tgt_in, params, config._replace(attention="sparse"))

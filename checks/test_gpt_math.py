@@ -199,8 +199,8 @@ def test_bad_input_gets_clear_errors():
                        ["tokens", "[0, vocab_size=7)", "[1, 7]"])
     del params["h.1.mlp.b2"]
     assert_clear_error("scratch", "a missing parameter", lambda: forward(np.ones((1, 2), int)), ValueError, ["h.1.mlp.b2"])
-    assert_clear_error("scratch", "flash attention (reserved)", lambda: G.check_gpt_config(TINY._replace(attention="flash")),
-                       ValueError, ["attention", "plain", "flash"])
+    assert_clear_error("scratch", "an unknown attention kind", lambda: G.check_gpt_config(TINY._replace(attention="sparse")),
+                       ValueError, ["attention", "plain", "flash", "sparse"])
     assert_clear_error("scratch", "heads not dividing the width", lambda: G.init_gpt(TINY._replace(n_head=3), np.random.default_rng(0)),
                        ValueError, ["d_model = 8", "n_head = 3"])
 

@@ -31,13 +31,15 @@ import numpy as np
 
 from scratch.attention import (causal_mask, merge_heads, multi_head_attention_backward, multi_head_attention_forward,
                                scaled_dot_product_attention_forward, split_heads)
+from scratch.flash_attention import (FlashAttentionCache, flash_multi_head_attention_backward,
+                                     flash_multi_head_attention_forward)
 from scratch.layers import gelu_backward, gelu_forward, linear_backward, linear_forward
 from scratch.sampling import check_filters, filter_logits, sample  # noqa: F401 (filter_logits, sample: the contract)
 from scratch.transformer import (cross_entropy_backward, cross_entropy_forward, layer_norm_backward, layer_norm_forward,
                                  prefixed)
 from scratch.validate import MHA_PARAM_NAMES, as_float_array, check_same_dtype
 
-ATTENTION_KINDS = ("plain",)  # "flash" (scratch/flash_attention.py) is reserved for later
+ATTENTION_KINDS = ("plain", "flash")  # "flash": scratch/flash_attention.py, equal to "plain" to rounding
 
 
 class GPTConfig(NamedTuple):
@@ -46,7 +48,7 @@ class GPTConfig(NamedTuple):
     n_layer: int
     n_head: int
     d_model: int
-    attention: str = "plain"  # how attention is computed; only "plain" for now
+    attention: str = "plain"  # "plain" keeps the (B, H, T, T) weights; "flash" computes them in blocks, memory O(T)
 
 
 def check_gpt_config(config):
@@ -144,14 +146,28 @@ def mlp_backward(dm, cache):
     return dh, {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
 
 
-def block_forward(x, params, i, n_head):
-    """Block i of the stack on x (B, T, D), causal; returns (y (B, T, D), cache)."""
+def causal_self_attention_forward(h, p, n_head, attention="plain"):
+    """MHA(h, h) with the causal mask, by the plain attention or by FlashAttention (attention="flash")."""
+    if attention == "flash":
+        return flash_multi_head_attention_forward(h, h, p, n_head, causal=True)
+    return multi_head_attention_forward(h, h, p, n_head, causal_mask(h.shape[1]))
+
+
+def causal_self_attention_backward(dout, cache):
+    """(dx_q, dx_kv, grads) of either kind: the cache says which ran."""
+    if isinstance(cache.attention, FlashAttentionCache):
+        return flash_multi_head_attention_backward(dout, cache)
+    return multi_head_attention_backward(dout, cache)
+
+
+def block_forward(x, params, i, n_head, attention="plain"):
+    """Block i of the stack on x (B, T, D), causal; returns (y (B, T, D), cache). `attention`: config.attention."""
     p = prefixed(params, f"h.{i}.")
     # BEGIN SOLUTION
     # HINT: two residual sub-layers, each normalising its input first; the attention is self-attention with causal_mask.
     # x₁ = x + attn(ln_1(x)): position t attends to positions ≤ t only
     h1, ln1 = layer_norm_forward(x, p["ln_1.gamma"], p["ln_1.beta"])  # (B, T, D)
-    a, attn = multi_head_attention_forward(h1, h1, prefixed(p, "attn."), n_head, causal_mask(x.shape[1]))  # (B, T, D)
+    a, attn = causal_self_attention_forward(h1, prefixed(p, "attn."), n_head, attention)  # (B, T, D)
     x1 = x + a  # (B, T, D)
     # y = x₁ + mlp(ln_2(x₁))
     h2, ln2 = layer_norm_forward(x1, p["ln_2.gamma"], p["ln_2.beta"])  # (B, T, D)
@@ -172,7 +188,7 @@ def block_backward(dy, cache):
     dx1_norm, g["ln_2.gamma"], g["ln_2.beta"] = layer_norm_backward(dh2, ln2)
     dx1 = dy + dx1_norm  # (B, T, D)
     # x₁ = x + attn(ln_1(x)), self-attention: the query and the key/value paths both reach ln_1(x)
-    dh1_q, dh1_kv, attn_grads = multi_head_attention_backward(dx1, attn)
+    dh1_q, dh1_kv, attn_grads = causal_self_attention_backward(dx1, attn)
     dx_norm, g["ln_1.gamma"], g["ln_1.beta"] = layer_norm_backward(dh1_q + dh1_kv, ln1)
     dx = dx1 + dx_norm  # (B, T, D)
     g.update({f"attn.{k}": v for k, v in attn_grads.items()})
@@ -194,7 +210,7 @@ def gpt_forward(tokens, params, config):
     x = params["wte"][tokens] + params["wpe"][:t]  # (B, T, D)
     blocks = []
     for i in range(config.n_layer):
-        x, cache = block_forward(x, params, i, config.n_head)  # (B, T, D)
+        x, cache = block_forward(x, params, i, config.n_head, config.attention)  # (B, T, D)
         blocks.append(cache)
     h, ln_f = layer_norm_forward(x, params["ln_f.gamma"], params["ln_f.beta"])  # (B, T, D)
     # logits = ln_f(x) wteᵀ: the score of token v is the dot product of h with v's own embedding
