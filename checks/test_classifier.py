@@ -5,7 +5,6 @@ score` on good and bad files."""
 
 import json
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

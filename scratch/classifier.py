@@ -28,7 +28,14 @@ from typing import NamedTuple
 import numpy as np
 
 from scratch.conv import conv2d_backward, conv2d_forward
-from scratch.layers import dropout_backward, dropout_forward, linear_backward, linear_forward, relu_backward, relu_forward
+from scratch.layers import (
+    dropout_backward,
+    dropout_forward,
+    linear_backward,
+    linear_forward,
+    relu_backward,
+    relu_forward,
+)
 from scratch.validate import as_float_array, check_ndim
 
 
