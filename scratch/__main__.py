@@ -50,7 +50,8 @@ def build_parser(prog, implementation):
     train.add_argument("--steps", type=int, help="training steps (default: vae 3000; gan: ring 20000, grid 23000, "
                        "digits 6000, mnist 6000; transformer 6000; gpt 4000; classifier 1500)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION)")
+    train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION; with --arch conv, "
+                       "runs/MODEL-conv-IMPLEMENTATION)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     train.add_argument("--eval-every", type=int, default=500)
     train.add_argument("--arch", choices=("mlp", "conv"), default="mlp", help="image models on --data mnist: mlp "
@@ -188,7 +189,8 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
 
         return run_score(args)
     if args.out is None:
-        args.out = f"runs/{args.model}-{implementation}"
+        arch = "-conv" if getattr(args, "arch", "mlp") == "conv" else ""  # the DCGAN's run beside the MLP GAN's
+        args.out = f"runs/{args.model}{arch}-{implementation}"
     conv = getattr(args, "arch", "mlp") == "conv"
     if conv and args.model not in CONV_DEFAULTS:
         raise SystemExit(f"--arch conv is for the image models ({', '.join(CONV_DEFAULTS)}), got {args.model}")
