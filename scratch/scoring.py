@@ -271,7 +271,7 @@ def run_score(args):
         if classifier is None:
             classifier = default_classifier(quiet=False)
         if samples is not None:
-            print(format_scores(os.path.basename(args.samples), score_samples(samples, classifier, k=args.k)))
+            print(format_scores(args.samples, score_samples(samples, classifier, k=args.k)))
         if args.floor:
             print(format_scores("real train digits (floor)", real_floor(classifier, k=args.k)))
     except ValueError as error:
