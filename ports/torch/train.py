@@ -151,7 +151,43 @@ class TorchGANTrainer(GANTrainer):
         load_adam_state(self.disc_optimizer, self._named(self.discriminator, "disc"), arrays, "optim.disc.")
 
 
-class TorchTransformerTrainer(TransformerTrainer):
+class ModuleAdamState:
+    """The state of a trainer whose torch module converts to and from scratch as a whole (the
+    Transformer, the GPT): parameters, extra arrays and Adam's moments in the scratch layout.
+
+    The converter only copies, transposes and splits, so the moments go through it too: a copy
+    of the module whose parameters hold a moment lays it out as it lays out the weights, and a
+    module built from the moments in scratch's layout holds them in torch's. A subclass names
+    its converters (_from_torch, _to_torch), its parameters (_scratch_names) and the arrays
+    saved beside them (_extra_arrays)."""
+
+    def _moments(self, key):
+        shadow = copy.deepcopy(self.module)
+        for p_shadow, p in zip(shadow.parameters(), self.module.parameters()):
+            p_shadow.data = self.optimizer.state[p][key]
+        return self._from_torch(shadow)
+
+    def state(self):
+        t = int(next(iter(self.optimizer.state.values()))["step"]) if self.optimizer.state else 0
+        optim = {"optim.t": np.array(t, dtype=np.int64)}
+        if t:
+            for key, ours in (("exp_avg", "m"), ("exp_avg_sq", "v")):
+                optim.update({f"optim.{ours}.{name}": value for name, value in self._moments(key).items()})
+        return {**self.numpy_params(), **self._extra_arrays(), **optim}
+
+    def load_state(self, arrays):
+        names = self._scratch_names()
+        self._build({name: arrays[name] for name in names})
+        t = int(arrays["optim.t"])
+        if t == 0:
+            return
+        m, v = (self._to_torch({name: arrays[f"optim.{k}.{name}"] for name in names}) for k in "mv")
+        for p, pm, pv in zip(self.module.parameters(), m.parameters(), v.parameters()):
+            self.optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": pm.detach().clone(),
+                                       "exp_avg_sq": pv.detach().clone()}
+
+
+class TorchTransformerTrainer(ModuleAdamState, TransformerTrainer):
     """TorchTransformer (torch.nn.Transformer inside) trained with torch.optim.Adam, the schedule set by hand.
 
     Starts from scratch's weights and trains on scratch's batches with the same loss (the label-
@@ -194,38 +230,20 @@ class TorchTransformerTrainer(TransformerTrainer):
     def numpy_params(self):
         return from_torch_transformer(self.module)
 
-    def _moments(self, key):
-        """Adam's moment `key` of every parameter, in the scratch layout. from_torch_transformer only copies,
-        transposes and splits, so read from a copy of the module whose parameters hold the moments, it
-        lays them out as it lays out the weights."""
-        shadow = copy.deepcopy(self.module)
-        for p_shadow, p in zip(shadow.parameters(), self.module.parameters()):
-            p_shadow.data = self.optimizer.state[p][key]
-        return from_torch_transformer(shadow)
+    def _from_torch(self, module):
+        return from_torch_transformer(module)
 
-    def state(self):
-        t = int(next(iter(self.optimizer.state.values()))["step"]) if self.optimizer.state else 0
-        optim = {"optim.t": np.array(t, dtype=np.int64)}
-        if t:
-            for key, ours in (("exp_avg", "m"), ("exp_avg_sq", "v")):
-                optim.update({f"optim.{ours}.{name}": value for name, value in self._moments(key).items()})
-        return {**self.numpy_params(), **self.vocab_arrays(), **optim}
+    def _to_torch(self, params):
+        return to_torch_transformer(params, self.model_config)
 
-    def load_state(self, arrays):
-        names = M.parameter_shapes(self.model_config)
-        self._build({name: arrays[name] for name in names})
-        t = int(arrays["optim.t"])
-        if t == 0:
-            return
-        # the inverse: a module built from the moments in scratch's layout holds them in torch's
-        m, v = (to_torch_transformer({name: arrays[f"optim.{k}.{name}"] for name in names}, self.model_config)
-                for k in ("m", "v"))
-        for p, pm, pv in zip(self.module.parameters(), m.parameters(), v.parameters()):
-            self.optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": pm.detach().clone(),
-                                       "exp_avg_sq": pv.detach().clone()}
+    def _scratch_names(self):
+        return M.parameter_shapes(self.model_config)
+
+    def _extra_arrays(self):
+        return self.vocab_arrays()
 
 
-class TorchGPTTrainer(GPTTrainer):
+class TorchGPTTrainer(ModuleAdamState, GPTTrainer):
     """ports/torch/gpt.py's GPT nn.Module (nanoGPT's layout) with torch.optim.AdamW, the rate set by hand.
 
     Starts from scratch's weights and trains on scratch's batches with scratch's loss (the next-token
@@ -269,32 +287,17 @@ class TorchGPTTrainer(GPTTrainer):
     def numpy_params(self):
         return from_torch_gpt(self.module)
 
-    def _moments(self, key):
-        """AdamW's moment `key` in the scratch layout, read through from_torch_gpt as the weights are."""
-        shadow = copy.deepcopy(self.module)
-        for p_shadow, p in zip(shadow.parameters(), self.module.parameters()):
-            p_shadow.data = self.optimizer.state[p][key]
-        return from_torch_gpt(shadow)
+    def _from_torch(self, module):
+        return from_torch_gpt(module)
 
-    def state(self):
-        t = int(next(iter(self.optimizer.state.values()))["step"]) if self.optimizer.state else 0
-        optim = {"optim.t": np.array(t, dtype=np.int64)}
-        if t:
-            for key, ours in (("exp_avg", "m"), ("exp_avg_sq", "v")):
-                optim.update({f"optim.{ours}.{name}": value for name, value in self._moments(key).items()})
-        return {**self.numpy_params(), **self.extra_state(), **optim}
+    def _to_torch(self, params):
+        return to_torch_gpt(params, self.model_config)
 
-    def load_state(self, arrays):
-        names = gpt_parameter_shapes(self.model_config)
-        self._build({name: arrays[name] for name in names})
-        t = int(arrays["optim.t"])
-        if t == 0:
-            return
-        # the inverse: a module built from the moments in scratch's layout holds them in torch's
-        m, v = (to_torch_gpt({name: arrays[f"optim.{k}.{name}"] for name in names}, self.model_config) for k in "mv")
-        for p, pm, pv in zip(self.module.parameters(), m.parameters(), v.parameters()):
-            self.optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": pm.detach().clone(),
-                                       "exp_avg_sq": pv.detach().clone()}
+    def _scratch_names(self):
+        return gpt_parameter_shapes(self.model_config)
+
+    def _extra_arrays(self):
+        return self.extra_state()
 
 
 TRAINERS = {"vae": TorchVAETrainer, "gan": TorchGANTrainer, "transformer": TorchTransformerTrainer, "gpt": TorchGPTTrainer}
