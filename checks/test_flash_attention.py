@@ -6,13 +6,13 @@ cost: the cache holds nothing of size Tq × Tk, causal blocks above the diagonal
 and the forward+backward's peak memory at T = 2048 is at most 1/8 of the plain attention's.
 """
 
-import tracemalloc
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from checks.bench_flash import traced_peak
 from checks.implementations import PORTS, require
 from checks.strategies import DTYPES, flash_cases
 from checks.tolerances import assert_close, assert_vjp
@@ -149,15 +149,6 @@ def test_causal_blocks_wholly_above_the_diagonal_are_never_computed(t, block_q, 
     assert len(backward) == expected, f"the causal backward recomputed {len(backward)} blocks, expected {expected} of {everything}"
 
 
-def _peak_bytes(run):
-    tracemalloc.start()
-    try:
-        run()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_peak_memory_at_t_2048_is_at_most_an_eighth_of_the_plain_attention():
     """tracemalloc counts every NumPy buffer allocated (NumPy reports them), so the peak is deterministic."""
     t, dk = 2048, 16
@@ -173,7 +164,7 @@ def test_peak_memory_at_t_2048_is_at_most_an_eighth_of_the_plain_attention():
         _, cache = F.flash_attention_forward(q, k, v, True)
         F.flash_attention_backward(dout, cache)
 
-    plain_peak, flash_peak = _peak_bytes(plain), _peak_bytes(flash)
+    plain_peak, flash_peak = traced_peak(plain), traced_peak(flash)
     assert plain_peak >= 2 * t * t * 4, f"the plain attention peaked at {plain_peak} bytes: tracemalloc missed its (T, T) arrays"
     assert flash_peak * 8 <= plain_peak, (
         f"flash attention peaked at {flash_peak / 2**20:.1f} MiB, the plain at {plain_peak / 2**20:.1f} MiB "
