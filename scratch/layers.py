@@ -1,4 +1,4 @@
-"""Building blocks: the linear map and the activations (ReLU, tanh, sigmoid, GELU), each a forward/backward pair.
+"""Building blocks: the linear map and the activations (ReLU, tanh, sigmoid, GELU, SiLU), each a forward/backward pair.
 
 Shape letters: `...` any leading (batch) axes, `I` input width, `O` output width; for batch
 norm (the last section) `B` batch, `C` channels, `H W` height and width, `N` values per channel.
@@ -164,6 +164,29 @@ def sigmoid_backward(dout, cache):
     y = cache
     # BEGIN SOLUTION
     return dout * y * (1.0 - y)
+    # END SOLUTION
+
+
+def silu_forward(x):
+    """SiLU (swish), silu(x) = x σ(x) (Elfwing et al. 2018; Hendrycks and Gimpel 2016): torch's `F.silu`.
+
+    The activation of the diffusion denoisers (DDPM's U-Net uses it): smooth, unbounded above,
+    and a small negative dip below 0 where ReLU is flat.
+    """
+    x = as_float_array("x", x)
+    # BEGIN SOLUTION
+    s = sigmoid(x)  # (...), σ(x) without overflow
+    y = x * s  # (...)
+    # END SOLUTION
+    return y, (x, s)
+
+
+def silu_backward(dout, cache):
+    """d silu/dx = σ(x) + x σ(x) (1 − σ(x)) = σ(x) (1 + x (1 − σ(x))), with the saved σ(x)."""
+    x, s = cache
+    # BEGIN SOLUTION
+    # HINT: product rule on x σ(x), with dσ/dx = σ (1 − σ).
+    return dout * s * (1.0 + x * (1.0 - s))
     # END SOLUTION
 
 
