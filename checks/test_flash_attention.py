@@ -171,6 +171,27 @@ def test_peak_memory_at_t_2048_is_at_most_an_eighth_of_the_plain_attention():
         f"(ratio {flash_peak / plain_peak:.3f}, target ≤ 1/8)")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@settings(max_examples=30)
+@given(case=flash_cases(np.float64), threads=st.integers(2, 5))
+def test_threads_split_the_heads_without_changing_a_bit(dtype, case, threads):
+    """The (batch · heads) pairs shared out over threads give exactly the one-thread result: same products per pair."""
+    case = case._replace(**{f: getattr(case, f).astype(dtype) for f in ("q", "k", "v", "dout")})
+    results = []
+    for n in (1, threads):
+        out, cache = F.flash_attention_forward(case.q, case.k, case.v, case.causal, case.block_q, case.block_k, threads=n)
+        results.append((out, cache.lse, *F.flash_attention_backward(case.dout, cache, threads=n)))
+    for name, one, many in zip(("out", "lse", "dq", "dk", "dv"), *results):
+        assert many.dtype == one.dtype and many.shape == one.shape, f"{name}: {many.dtype}{many.shape} against {one.dtype}{one.shape}"
+        np.testing.assert_array_equal(many, one, err_msg=f"{name} with {threads} threads, leading axes {case.q.shape[:-2]}")
+
+
+def test_flash_threads_argument_gets_a_clear_error():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive int or None"):
+            F.flash_attention_forward(x, x, x, threads=bad)
+
+
 # ----------------------------------------------------------------------------------------------
 # Input errors: the plain attention's, word for word, in every implementation
 # ----------------------------------------------------------------------------------------------

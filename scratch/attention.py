@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from scratch.layers import LinearCache, linear_backward
+from scratch.threads import over_threads, thread_count
 from scratch.validate import (
     MHA_PARAM_NAMES,
     as_float_array,
@@ -137,12 +138,22 @@ class AttentionCache(NamedTuple):
     softmax: SoftmaxCache
 
 
-def scaled_dot_product_attention_forward(q, k, v, mask=None):
+def scaled_dot_product_attention_forward(q, k, v, mask=None, threads=None):
     """Attention(Q, K, V) = softmax(QKᵀ/√d_k) V for q (..., Tq, dk), k (..., Tk, dk), v (..., Tk, dv).
 
     `mask`, boolean and broadcastable to (..., Tq, Tk), is True where query i may attend to key j.
+    `threads` shares the (batch, head) pairs out over that many threads (scratch/threads.py; None: the
+    CPUs, for large inputs); the result is the same to the bit.
     """
     q, k, v, mask = check_attention_inputs(q, k, v, mask)
+    lead, tq, tk = q.shape[:-2], q.shape[-2], k.shape[-2]
+    if (threads := thread_count(threads, lead, tq, tk)) > 1:
+        def part(q, k, v, *mask):
+            out, cache = scaled_dot_product_attention_forward(q, k, v, *mask, threads=1)
+            return out, cache.weights
+        masks = () if mask is None else (np.broadcast_to(mask, (*lead, tq, tk)),)  # a view: sliced, never copied
+        out, weights = over_threads(part, (q, k, v, *masks), lead, threads)
+        return out, AttentionCache(q, k, v, weights, 1.0 / math.sqrt(q.shape[-1]), SoftmaxCache(weights, -1))
     # BEGIN SOLUTION
     # HINT: three lines: scores, softmax over the keys (pass the mask), weighted sum of values.
     # √d_k keeps the scores' variance near 1 when q and k have unit-variance entries (§3.2.1).
@@ -156,9 +167,14 @@ def scaled_dot_product_attention_forward(q, k, v, mask=None):
     return out, AttentionCache(q, k, v, weights, scale, softmax_cache)
 
 
-def scaled_dot_product_attention_backward(dout, cache):
-    """Return (dq, dk, dv) given dout (..., Tq, dv)."""
+def scaled_dot_product_attention_backward(dout, cache, threads=None):
+    """Return (dq, dk, dv) given dout (..., Tq, dv); `threads` as in the forward."""
     q, k, v, weights, scale, softmax_cache = cache
+    if (threads := thread_count(threads, q.shape[:-2], q.shape[-2], k.shape[-2])) > 1 and softmax_cache.axis in (-1, weights.ndim - 1):
+        def part(dout, q, k, v, weights):
+            return scaled_dot_product_attention_backward(
+                dout, AttentionCache(q, k, v, weights, scale, SoftmaxCache(weights, -1)), threads=1)
+        return over_threads(part, (dout, q, k, v, weights), q.shape[:-2], threads)
     # BEGIN SOLUTION
     # HINT: go back through out = A V, then A = softmax(S), then S = scale · Q Kᵀ.
     # out = A V  ⇒  dA = dout Vᵀ  and  dV = Aᵀ dout

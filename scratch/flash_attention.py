@@ -26,6 +26,9 @@ Causal attention (`causal=True`, as `causal_mask`: query i sees keys j ≤ i) ne
 block whose first column lies after a query block's last row is entirely masked: it is skipped,
 about half of the work. Every row sees at least its own key, so no row is ever fully masked.
 Blocks need not divide Tq or Tk: the last block of each is shorter.
+
+Two cores: the (batch, head) pairs are shared out over threads (scratch/threads.py), outside the
+math; the result does not change by one bit.
 """
 
 from typing import NamedTuple
@@ -34,6 +37,7 @@ import numpy as np
 
 from scratch.attention import MultiHeadAttentionCache, merge_heads, split_heads, transposed
 from scratch.layers import LinearCache, linear_backward
+from scratch.threads import over_threads, thread_count
 from scratch.validate import MHA_PARAM_NAMES, check_attention_inputs, check_multi_head_attention_inputs
 
 
@@ -76,16 +80,23 @@ def key_blocks_seen(r1, tk, block_k, causal):
     return -(-min(tk, r1) // block_k)  # ⌈r1 / Bc⌉: the block holding column r1 − 1 is the last
 
 
-def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):
+def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64, threads=None):
     """softmax(QKᵀ/√d_k) V for q (..., Tq, dk), k (..., Tk, dk), v (..., Tk, dv), block by block.
 
     Returns (out (..., Tq, dv), cache); equal to scaled_dot_product_attention_forward(q, k, v, mask)
     with mask = causal_mask(T) when `causal`, else None. FlashAttention-2, Algorithm 1.
+    `threads` splits the leading axes over that many threads (None: the CPUs, for large inputs).
     """
     q, k, v = check_flash_arguments(q, k, v, causal, block_q, block_k)
     *lead, tq, dk = q.shape
     tk, dv = v.shape[-2:]
     scale = 1.0 / float(np.sqrt(dk))  # a Python float, so float32 stays float32
+    if (threads := thread_count(threads, lead, tq, tk)) > 1:  # the same call on parts of (batch, heads), side by side
+        def part(q, k, v):
+            out, cache = flash_attention_forward(q, k, v, causal, block_q, block_k, threads=1)
+            return out, cache.lse
+        out, lse = over_threads(part, (q, k, v), tuple(lead), threads)
+        return out, FlashAttentionCache(q, k, v, out, lse, scale, bool(causal), int(block_q), int(block_k))
     out = np.empty((*lead, tq, dv), dtype=q.dtype)  # (..., Tq, dv)
     lse = np.empty((*lead, tq), dtype=q.dtype)  # (..., Tq)
     if tk == 0:  # no key at all: every row attends to nothing and gives 0, as scaled_dot_product_attention does
@@ -129,10 +140,14 @@ def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64):
     return out, FlashAttentionCache(q, k, v, out, lse, scale, bool(causal), int(block_q), int(block_k))
 
 
-def flash_attention_backward(dout, cache):
+def flash_attention_backward(dout, cache, threads=None):
     """Return (dq, dk, dv) given dout (..., Tq, dv), recomputing each block of weights. FlashAttention-2, Algorithm 2."""
     q, k, v, out, lse, scale, causal, block_q, block_k = cache
     tq, tk = q.shape[-2], k.shape[-2]
+    if (threads := thread_count(threads, q.shape[:-2], tq, tk)) > 1:
+        def part(dout, q, k, v, out, lse):
+            return flash_attention_backward(dout, cache._replace(q=q, k=k, v=v, out=out, lse=lse), threads=1)
+        return over_threads(part, (dout, q, k, v, out, lse), q.shape[:-2], threads)
     dq = np.zeros_like(q)  # (..., Tq, dk), summed over the key blocks
     dk = np.empty_like(k)  # (..., Tk, dk)
     dv = np.empty_like(v)  # (..., Tk, dv)
