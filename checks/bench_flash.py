@@ -66,6 +66,12 @@ def candidate(name, b, h, t, causal=True):
     return run
 
 
+def _torch_threads():
+    import torch
+
+    return torch.get_num_threads()
+
+
 def traced_peak(run):
     tracemalloc.start()
     try:
@@ -129,8 +135,11 @@ def verdict(what, ratio, target):
 
 def bench_scale(args, time_interleaved):
     sizes = tuple(int(s) for s in args.sizes.split(",")) if getattr(args, "sizes", None) else SIZES
+    from scratch.threads import default_threads
+
     print(f"\nAttention fwd+bwd against T: B={B} H={H} d_k={DK} float32 causal; flash blocks 64 x 64 "
-          f"(PyTorch's kernel picks its own)")
+          f"(PyTorch's kernel picks its own); scratch shares the (batch, head) pairs over up to {default_threads()} "
+          f"threads (scratch/threads.py; SCRATCH_THREADS=1 for one), PyTorch over its {_torch_threads()} intra-op threads")
     header = (f"{'T':>5}  {'candidate':<14}{'one process':>12}{'own process':>12}{'x torch (one)':>14}{'x torch (own)':>14}"
               f"{'tracemalloc MiB':>16}{'RSS growth MiB':>15}")
     print("median ms of forward+backward; 'one process' interleaved, 'own process' each library alone\n" + header)
