@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-MODELS = ("vae", "gan", "transformer", "gpt", "classifier")
+MODELS = ("vae", "gan", "transformer", "gpt", "classifier", "diffusion")
 
 # Defaults that differ by model; an option left out takes its model's value.
 DEFAULTS = {
@@ -27,6 +27,8 @@ DEFAULTS = {
     "gpt": {"data": "names", "steps": 4000, "batch_size": 64, "lr": 1e-2, "layers": 3, "warmup": 200},
     # the digit classifier whose features every score uses (scratch/scoring.py): 24 epochs of shifted digits
     "classifier": {"data": "mnist", "steps": 1500, "batch_size": 64, "lr": 1e-3, "lr_end": 1e-5},
+    # the calibration (scratch/train_diffusion.py): an MLP of 3 × 256, 1,000 linear steps, Adam 1e-3, cosine decay
+    "diffusion": {"data": "ring", "steps": 20000, "batch_size": 256, "lr": 1e-3},
 }
 
 
@@ -224,9 +226,10 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
                          f"unless given): the rate warms up, then decays over the rest")
     from scratch import train
 
-    from scratch import language_model, scoring, translation
+    from scratch import language_model, scoring, train_diffusion, translation
 
     defaults = {"vae": (train.ScratchVAETrainer, train.train_vae), "gan": (train.ScratchGANTrainer, train.train_gan),
+                "diffusion": (train_diffusion.ScratchDiffusionTrainer, train_diffusion.train_diffusion),
                 "transformer": (translation.ScratchTransformerTrainer, translation.train_transformer),
                 "gpt": (language_model.ScratchGPTTrainer, language_model.train_gpt),
                 "classifier": (scoring.ScratchClassifierTrainer, scoring.train_classifier)}
