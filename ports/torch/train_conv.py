@@ -21,7 +21,19 @@ from scratch import vae as V
 from scratch.train_conv import EVAL_CHUNK, ConvVAETrainer, DCGANTrainer
 
 
-class TorchDCGANTrainer(DCGANTrainer):
+class OneCPUProcess:
+    """Mixed in first: the conv trainers run in one process on the CPU. The command line hands every
+    PyTorch trainer `ranks=` (ports/torch/distributed.py: --device and torchrun); anything but one CPU
+    process is refused with one line, rather than silently trained on the CPU."""
+
+    def __init__(self, *args, ranks=None, **kwargs):
+        if ranks is not None and (ranks.device.type != "cpu" or ranks.world_size != 1):
+            raise SystemExit(f"--arch conv trains on the CPU in one process for now, got --device {ranks.device} "
+                             f"on {ranks.world_size} rank(s)")
+        super().__init__(*args, **kwargs)
+
+
+class TorchDCGANTrainer(OneCPUProcess, DCGANTrainer):
     """The DCGAN's Generator and Discriminator nn.Modules (ports/torch/dcgan.py), torch.optim.Adam for each
     player, the rate set by hand from the schedule, as ports/torch/train.py's TorchGANTrainer.
 
@@ -89,7 +101,7 @@ class TorchDCGANTrainer(DCGANTrainer):
         load_adam_state(self.disc_optimizer, self._named("disc"), arrays, "optim.disc.")
 
 
-class TorchConvVAETrainer(ConvVAETrainer):
+class TorchConvVAETrainer(OneCPUProcess, ConvVAETrainer):
     """ports/torch/conv_vae.py's ConvVAE nn.Module with torch.optim.Adam."""
 
     IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
