@@ -383,6 +383,31 @@ def test_transformer_schedule_of_the_paper():
             schedule(bad)
 
 
+@given(d_model=st.integers(1, 256), warmup=st.integers(1, 50), total=st.integers(1, 400), data=st.data())
+def test_cooldown_leaves_the_paper_schedule_then_falls_linearly_to_zero(d_model, warmup, total, data):
+    """scratch/translation.py's cool-down: Eq. (3) × 1.5 up to step total − cooldown, then × (total + 1 − step) / cooldown."""
+    from scratch.translation import scaled_schedule
+
+    cooldown = data.draw(st.integers(1, total), label="cooldown")
+    paper, cooled = optim.transformer_schedule(d_model, warmup), scaled_schedule(d_model, warmup, 1.5, cooldown, total)
+    for step in range(1, total + 3):
+        factor = min(1.0, max(0.0, (total + 1 - step) / cooldown))
+        assert math.isclose(cooled(step), 1.5 * paper(step) * factor, rel_tol=1e-12, abs_tol=0.0), f"step {step}"
+    assert cooled(total) > 0 and cooled(total + 1) == 0.0  # the last step still learns, a step after it never does
+    assert [scaled_schedule(d_model, warmup, 1.5)(t) for t in (1, total)] == [1.5 * paper(1), 1.5 * paper(total)]
+
+
+def test_cooldown_arguments_get_clear_errors():
+    from scratch.translation import scaled_schedule
+
+    for kwargs, fragment in (({"cooldown": -1, "total": 10}, "cooldown must be an int ≥ 0"),
+                             ({"cooldown": 2.5, "total": 10}, "cooldown must be an int ≥ 0"),
+                             ({"cooldown": 11, "total": 10}, "needs a total step count ≥ it"),
+                             ({"cooldown": 5, "total": None}, "needs a total step count ≥ it")):
+        with pytest.raises(ValueError, match=fragment):
+            scaled_schedule(16, 4, 1.0, **kwargs)
+
+
 def test_constant_schedule():
     schedule = optim.constant(0.25)
     assert [schedule(t) for t in (1, 2, 1000)] == [0.25, 0.25, 0.25]

@@ -210,6 +210,19 @@ def test_schedule_is_eq_3_and_the_first_update_takes_rate_1():
         port.TransformerSchedule(16, 0)
 
 
+def test_schedule_with_a_cooldown_is_scratchs_to_the_last_step():
+    """With a cool-down the k-th update takes scratch's scaled_schedule(k): flat factor, then linearly to 0 at `total`."""
+    from scratch.translation import scaled_schedule
+
+    port = keras_port()
+    schedule, expected = port.TransformerSchedule(16, 10, 1.5, cooldown=30, total=100), scaled_schedule(16, 10, 1.5, 30, 100)
+    iterations = np.array([0, 9, 69, 70, 71, 85, 98, 99, 100, 120])  # steps 1 … 121: before, at and after the cool-down
+    rates = np.array([float(schedule(i)) for i in iterations])
+    assert_close(rates, np.array([expected(int(i) + 1) for i in iterations]), impl="keras TransformerSchedule",
+                 what="rates with a cool-down", dtype=np.float32)
+    assert rates[-3] > 0 and rates[-2] == rates[-1] == 0.0, "the last step (100) keeps a rate, the steps after it have none"
+
+
 # ----------------------------------------------------------------------------------------------
 # fit and translate
 # ----------------------------------------------------------------------------------------------

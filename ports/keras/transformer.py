@@ -35,7 +35,7 @@ from scratch.attention import causal_mask
 from scratch.decoding import BOS_ID, EOS_ID
 from scratch.encoder_decoder import TransformerConfig, check_tokens, init_transformer, parameter_shapes, source_mask
 from scratch.layers import dropout_forward
-from scratch.optim import transformer_schedule
+from scratch.translation import scaled_schedule
 from scratch.transformer import (DECODER_LAYER_NAMES, ENCODER_LAYER_NAMES, FF_PARAM_NAMES,
                                  check_decoder_layer_inputs, check_encoder_layer_inputs, prefixed)
 from scratch.validate import check_multi_head_attention_inputs
@@ -591,16 +591,21 @@ class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
     `factor` scales the whole curve (scratch/translation.py's lr_factor).
     """
 
-    def __init__(self, d_model, warmup, factor=1.0):
-        transformer_schedule(d_model, warmup)  # scratch's checks of both arguments
+    def __init__(self, d_model, warmup, factor=1.0, cooldown=0, total=None):
+        scaled_schedule(d_model, warmup, factor, cooldown, total)  # scratch's checks of every argument
         self.d_model, self.warmup, self.factor = int(d_model), int(warmup), float(factor)
+        self.cooldown, self.total = int(cooldown), total
 
     def __call__(self, iterations):
         step = ops.cast(iterations, "float32") + 1.0  # the paper's step_num
-        return self.factor * self.d_model**-0.5 * ops.minimum(ops.rsqrt(step), step * self.warmup**-1.5)
+        rate = self.factor * self.d_model**-0.5 * ops.minimum(ops.rsqrt(step), step * self.warmup**-1.5)
+        if self.cooldown:  # scratch/translation.py's cooldown_factor: down to 0 over the last `cooldown` steps
+            rate = rate * ops.clip((self.total + 1.0 - step) / self.cooldown, 0.0, 1.0)
+        return rate
 
     def get_config(self):
-        return {"d_model": self.d_model, "warmup": self.warmup, "factor": self.factor}
+        return {"d_model": self.d_model, "warmup": self.warmup, "factor": self.factor, "cooldown": self.cooldown,
+                "total": self.total}
 
 
 def translate(model, src, max_len=None, compiled=True):
