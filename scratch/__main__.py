@@ -64,6 +64,8 @@ def build_parser(prog, implementation):
                        "transformer, the factor on the paper's warm-up schedule (default 1.0); gpt: the peak of warm-up + "
                        "cosine (default 1e-2)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--device", default="cpu", help="cpu (default); python -m ports.torch also takes cuda, cuda:N "
+                       "and mps (under torchrun, cuda gives each rank its own GPU: ports/torch/distributed.py)")
     vae = train.add_argument_group("vae")
     vae.add_argument("--z-dim", type=int, help="latent (vae, default 2, to plot it) or noise width (gan: 2 for "
                      "the mixtures, 16 for digits)")
@@ -238,6 +240,11 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
 
         defaults = {"gan": (train_conv.ScratchDCGANTrainer, train_conv.train_dcgan),
                     "vae": (train_conv.ScratchConvVAETrainer, train_conv.train_conv_vae)}
+    if callable(trainers):  # a port that places its models itself (ports/torch: --device, torchrun) binds them now
+        trainers = trainers(args)
+    elif args.device != "cpu":
+        raise SystemExit(f"--device {args.device}: {prog} trains on the cpu only; python -m ports.torch train takes "
+                         f"--device cuda, cuda:N or mps")
     make_trainer, run = defaults[args.model]
     make_trainer = (trainers or {}).get(f"{args.model}:conv" if conv else args.model, make_trainer)
     metrics = run(args, make_trainer, make_bar=None if args.quiet else progress_bar())

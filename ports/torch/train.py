@@ -11,6 +11,7 @@ import copy
 import numpy as np
 import torch
 
+from ports.torch.distributed import DeviceTrainer
 from ports.torch.gan import _discriminator_loss, _generator_loss, _linears, from_torch_gan, to_torch_gan
 from ports.torch.gpt import _linear_weights as _gpt_linear_weights
 from ports.torch.gpt import from_torch_gpt, to_torch_gpt
@@ -27,12 +28,13 @@ from scratch.train import GANTrainer, VAETrainer
 from scratch.translation import TransformerTrainer
 
 
-class TorchVAETrainer(VAETrainer):
+class TorchVAETrainer(DeviceTrainer, VAETrainer):
     IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
 
     def _build(self, params):
-        self.module = to_torch_vae(params, self.vae_config)
+        self.module = self.to_device(to_torch_vae(params, self.vae_config))
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=self.lr)
+        self.train_module = self.replicate(self.module)  # DDP(module) under torchrun (ports/torch/distributed.py)
 
     def _named(self):
         """scratch name → (torch parameter, stored transposed?): the map for optimizer state."""
@@ -46,18 +48,19 @@ class TorchVAETrainer(VAETrainer):
 
     def forward(self, x, eps):
         with torch.no_grad():
-            out = self.module(torch.from_numpy(x), torch.from_numpy(eps))
-        return V.VAEOutput(float(out.loss), *(t.numpy() for t in (out.elbo, out.reconstruction, out.kl)), None, None, None, None)
+            out = self.module(self.tensor(x), self.tensor(eps))
+        return V.VAEOutput(float(out.loss), *(t.cpu().numpy() for t in (out.elbo, out.reconstruction, out.kl)), None, None, None, None)
 
     def _step(self, x, eps):
+        x, eps = self.ranks.shard(x, eps)  # this rank's rows of the step's batch and noise (alone: all of them)
         self.optimizer.zero_grad()
-        loss = self.module(torch.from_numpy(x), torch.from_numpy(eps)).loss
+        loss = self.train_module(self.tensor(x), self.tensor(eps)).loss
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
 
     def state(self):
-        return {**from_torch_vae(self.module), **adam_state(self.optimizer, self._named(), "optim.")}
+        return {**from_torch_vae(self.on_cpu(self.module)), **adam_state(self.optimizer, self._named(), "optim.")}
 
     def load_state(self, arrays):
         self._build({name: arrays[name] for name in V.parameter_shapes(self.vae_config)})
@@ -78,7 +81,7 @@ def adam_state(optimizer, named, prefix):
         t = int(s["step"])
         for key, ours in (("exp_avg", "m"), ("exp_avg_sq", "v")):
             value = s[key].detach()
-            arrays[f"{prefix}{ours}.{name}"] = (value.T if transposed else value).contiguous().numpy().copy()
+            arrays[f"{prefix}{ours}.{name}"] = (value.T if transposed else value).contiguous().cpu().numpy().copy()
     arrays[f"{prefix}t"] = np.array(t, dtype=np.int64)
     return arrays
 
@@ -89,20 +92,22 @@ def load_adam_state(optimizer, named, arrays, prefix):
     if t == 0:
         return
     for name, (p, transposed) in named.items():
-        m, v = (torch.from_numpy(np.array(arrays[f"{prefix}{k}.{name}"])) for k in ("m", "v"))
+        m, v = (torch.from_numpy(np.array(arrays[f"{prefix}{k}.{name}"])).to(p.device) for k in ("m", "v"))
         optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": m.T.contiguous() if transposed else m,
                               "exp_avg_sq": v.T.contiguous() if transposed else v}
 
 
-class TorchGANTrainer(GANTrainer):
+class TorchGANTrainer(DeviceTrainer, GANTrainer):
     """The seed's §5.1 training loop: torch.optim.Adam for each player, the schedule set by hand."""
 
     IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
 
     def _build(self, params):
-        self.generator, self.discriminator = to_torch_gan(params, self.gan_config)
+        self.generator, self.discriminator = map(self.to_device, to_torch_gan(params, self.gan_config))
         self.gen_optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.BETAS)
         self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=self.BETAS)
+        # what the training steps call: the modules, or under torchrun their DDP wrappers
+        self.train_generator, self.train_discriminator = self.replicate(self.generator), self.replicate(self.discriminator)
 
     def _named(self, module, net):
         named = {}
@@ -112,36 +117,43 @@ class TorchGANTrainer(GANTrainer):
 
     def generate(self, z):
         with torch.no_grad():
-            return self.generator(torch.from_numpy(z)).numpy()
+            return self.generator(self.tensor(z)).cpu().numpy()
 
     def discriminate(self, x):
         with torch.no_grad():
-            return self.discriminator(torch.from_numpy(x)).numpy()
+            return self.discriminator(self.tensor(x)).cpu().numpy()
 
     def _set_lr(self, optimizer):
         for group in optimizer.param_groups:
             group["lr"] = self.schedule(self.current_step)
 
     def _disc_step(self, x_real, z):
+        x_real, z = self.ranks.shard(x_real, z)  # this rank's rows (alone: all of them)
         self._set_lr(self.disc_optimizer)
         with torch.no_grad():
-            x_fake = self.generator(torch.from_numpy(z))  # (B, D): G's samples are inputs here
+            x_fake = self.generator(self.tensor(z))  # (B, D): G's samples are inputs here
         self.disc_optimizer.zero_grad()
-        loss = _discriminator_loss(self.discriminator(torch.from_numpy(x_real)), self.discriminator(x_fake))
+        loss = _discriminator_loss(self.train_discriminator(self.tensor(x_real)), self.train_discriminator(x_fake))
         loss.backward()
         self.disc_optimizer.step()
         return float(loss.detach())
 
     def _gen_step(self, z):
+        z = self.ranks.shard(z)
         self._set_lr(self.gen_optimizer)
         self.gen_optimizer.zero_grad()
-        loss = _generator_loss(self.discriminator(self.generator(torch.from_numpy(z))), self.kind)
+        loss = _generator_loss(self.train_discriminator(self.train_generator(self.tensor(z))), self.kind)
         loss.backward()  # also fills D's .grad, which the next _disc_step zeroes before use
         self.gen_optimizer.step()
         return float(loss.detach())
 
+    def train_step(self, step):
+        loss = super().train_step(step)
+        self.last_losses = tuple(self.ranks.total(value) for value in self.last_losses)  # over the ranks
+        return loss
+
     def state(self):
-        return {**from_torch_gan(self.generator, self.discriminator),
+        return {**from_torch_gan(self.on_cpu(self.generator), self.on_cpu(self.discriminator)),
                 **adam_state(self.gen_optimizer, self._named(self.generator, "gen"), "optim.gen."),
                 **adam_state(self.disc_optimizer, self._named(self.discriminator, "disc"), "optim.disc.")}
 
@@ -165,7 +177,7 @@ class ModuleAdamState:
         shadow = copy.deepcopy(self.module)
         for p_shadow, p in zip(shadow.parameters(), self.module.parameters()):
             p_shadow.data = self.optimizer.state[p][key]
-        return self._from_torch(shadow)
+        return self._from_torch(shadow.cpu())
 
     def state(self):
         t = int(next(iter(self.optimizer.state.values()))["step"]) if self.optimizer.state else 0
@@ -183,11 +195,11 @@ class ModuleAdamState:
             return
         m, v = (self._to_torch({name: arrays[f"optim.{k}.{name}"] for name in names}) for k in "mv")
         for p, pm, pv in zip(self.module.parameters(), m.parameters(), v.parameters()):
-            self.optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": pm.detach().clone(),
-                                       "exp_avg_sq": pv.detach().clone()}
+            self.optimizer.state[p] = {"step": torch.tensor(float(t)), "exp_avg": pm.detach().to(p.device, copy=True),
+                                       "exp_avg_sq": pv.detach().to(p.device, copy=True)}
 
 
-class TorchTransformerTrainer(ModuleAdamState, TransformerTrainer):
+class TorchTransformerTrainer(DeviceTrainer, ModuleAdamState, TransformerTrainer):
     """TorchTransformer (torch.nn.Transformer inside) trained with torch.optim.Adam, the schedule set by hand.
 
     Starts from scratch's weights and trains on scratch's batches with the same loss (the label-
@@ -199,10 +211,12 @@ class TorchTransformerTrainer(ModuleAdamState, TransformerTrainer):
     IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
 
     def _build(self, params):
-        self.module = to_torch_transformer(params, self.model_config)
+        self.module = self.to_device(to_torch_transformer(params, self.model_config))
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=self.schedule(1), betas=self.BETAS, eps=self.EPS)
+        self.train_module = self.replicate(self.module)  # DDP(module) under torchrun (ports/torch/distributed.py)
 
     def _step(self, src, tgt_in, tgt_out, step):
+        src, tgt_in, tgt_out = self.ranks.shard(src, tgt_in, tgt_out, terms=tgt_out != X.PAD_ID)  # the loss's terms
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule(step)
         self.module.train()
@@ -210,8 +224,8 @@ class TorchTransformerTrainer(ModuleAdamState, TransformerTrainer):
         with torch.random.fork_rng(devices=[]):  # the process's own generator is left as it was
             if rng is not None:
                 torch.manual_seed(int(rng.integers(2**63)))
-            logits = self.module(torch.from_numpy(src), torch.from_numpy(tgt_in))  # (B, T, V)
-        targets = torch.from_numpy(tgt_out.reshape(-1))
+            logits = self.train_module(self.tensor(src), self.tensor(tgt_in))  # (B, T, V)
+        targets = self.tensor(tgt_out.reshape(-1))
         loss = _cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, targets != X.PAD_ID, self.label_smoothing)
         self.optimizer.zero_grad()
         loss.backward()
@@ -221,14 +235,14 @@ class TorchTransformerTrainer(ModuleAdamState, TransformerTrainer):
     def logits(self, src, tgt_in):
         self.module.eval()
         with torch.no_grad():
-            return self.module(torch.from_numpy(src), torch.from_numpy(tgt_in)).numpy()
+            return self.module(self.tensor(src), self.tensor(tgt_in)).cpu().numpy()
 
     def translate_ids(self, src):
         self.module.eval()
-        return self.module.greedy_decode(torch.from_numpy(src)).numpy()
+        return self.module.greedy_decode(self.tensor(src)).cpu().numpy()
 
     def numpy_params(self):
-        return from_torch_transformer(self.module)
+        return from_torch_transformer(self.on_cpu(self.module))
 
     def _from_torch(self, module):
         return from_torch_transformer(module)
@@ -243,7 +257,7 @@ class TorchTransformerTrainer(ModuleAdamState, TransformerTrainer):
         return self.vocab_arrays()
 
 
-class TorchGPTTrainer(ModuleAdamState, GPTTrainer):
+class TorchGPTTrainer(DeviceTrainer, ModuleAdamState, GPTTrainer):
     """ports/torch/gpt.py's GPT nn.Module (nanoGPT's layout) with torch.optim.AdamW, the rate set by hand.
 
     Starts from scratch's weights and trains on scratch's batches with scratch's loss (the next-token
@@ -256,11 +270,12 @@ class TorchGPTTrainer(ModuleAdamState, GPTTrainer):
     IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.AdamW"
 
     def _build(self, params):
-        self.module = to_torch_gpt(params, self.model_config)
+        self.module = self.to_device(to_torch_gpt(params, self.model_config))
         decayed = self._decayed()
         groups = [{"params": [p for p in self.module.parameters() if id(p) in decayed], "weight_decay": self.weight_decay},
                   {"params": [p for p in self.module.parameters() if id(p) not in decayed], "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=self.schedule(1), betas=self.BETAS, eps=self.EPS)
+        self.train_module = self.replicate(self.module)  # DDP(module) under torchrun (ports/torch/distributed.py)
 
     def _decayed(self):
         """ids of the torch parameters that hold a decayed scratch parameter."""
@@ -270,10 +285,11 @@ class TorchGPTTrainer(ModuleAdamState, GPTTrainer):
         return {id(weights[name]) for name in self.decay_names}
 
     def _step(self, tokens, step):
+        tokens = self.ranks.shard(tokens, terms=tokens[:, 1:] != L.PAD_ID)  # this rank's rows; the loss's terms
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule(step)
         self.module.train()
-        _, loss = self.module(torch.from_numpy(tokens[:, :-1]), torch.from_numpy(tokens[:, 1:]), ignore_index=L.PAD_ID)
+        _, loss = self.train_module(self.tensor(tokens[:, :-1]), self.tensor(tokens[:, 1:]), ignore_index=L.PAD_ID)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -282,10 +298,10 @@ class TorchGPTTrainer(ModuleAdamState, GPTTrainer):
     def logits(self, inputs):
         self.module.eval()
         with torch.no_grad():
-            return self.module(torch.from_numpy(inputs)).numpy()
+            return self.module(self.tensor(inputs)).cpu().numpy()
 
     def numpy_params(self):
-        return from_torch_gpt(self.module)
+        return from_torch_gpt(self.on_cpu(self.module))
 
     def _from_torch(self, module):
         return from_torch_gpt(module)

@@ -12,6 +12,7 @@ import torch
 
 from ports.torch.conv_vae import from_torch_conv_vae, to_torch_conv_vae
 from ports.torch.conv_vae import parameter_map as vae_parameter_map
+from ports.torch.distributed import DeviceTrainer
 from ports.torch.dcgan import from_torch_dcgan, parameter_map, to_torch_dcgan
 from ports.torch.gan import _discriminator_loss, _generator_loss
 from ports.torch.train import adam_state, load_adam_state
@@ -21,19 +22,7 @@ from scratch import vae as V
 from scratch.train_conv import EVAL_CHUNK, ConvVAETrainer, DCGANTrainer
 
 
-class OneCPUProcess:
-    """Mixed in first: the conv trainers run in one process on the CPU. The command line hands every
-    PyTorch trainer `ranks=` (ports/torch/distributed.py: --device and torchrun); anything but one CPU
-    process is refused with one line, rather than silently trained on the CPU."""
-
-    def __init__(self, *args, ranks=None, **kwargs):
-        if ranks is not None and (ranks.device.type != "cpu" or ranks.world_size != 1):
-            raise SystemExit(f"--arch conv trains on the CPU in one process for now, got --device {ranks.device} "
-                             f"on {ranks.world_size} rank(s)")
-        super().__init__(*args, **kwargs)
-
-
-class TorchDCGANTrainer(OneCPUProcess, DCGANTrainer):
+class TorchDCGANTrainer(DeviceTrainer, DCGANTrainer):
     """The DCGAN's Generator and Discriminator nn.Modules (ports/torch/dcgan.py), torch.optim.Adam for each
     player, the rate set by hand from the schedule, as ports/torch/train.py's TorchGANTrainer.
 
@@ -45,9 +34,12 @@ class TorchDCGANTrainer(OneCPUProcess, DCGANTrainer):
     IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
 
     def _build(self, params, stats):
-        self.generator, self.discriminator = to_torch_dcgan(params, self.gan_config, stats)
+        # on the device; under torchrun batch norm over every rank's share, and DDP wrappers for the steps
+        modules = to_torch_dcgan(params, self.gan_config, stats)
+        self.generator, self.discriminator = (self.ranks.synchronise_batch_norm(self.to_device(m)) for m in modules)
         self.gen_optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.BETAS)
         self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=self.BETAS)
+        self.train_generator, self.train_discriminator = self.replicate(self.generator), self.replicate(self.discriminator)
 
     def _named(self, net):
         return {k: v for k, v in parameter_map(self.generator, self.discriminator).items() if k.startswith(f"{net}.")}
@@ -56,7 +48,7 @@ class TorchDCGANTrainer(OneCPUProcess, DCGANTrainer):
         module.eval()
         try:
             with torch.no_grad():
-                return module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+                return module(self.tensor(np.ascontiguousarray(x))).cpu().numpy()
         finally:
             module.train()
 
@@ -71,26 +63,33 @@ class TorchDCGANTrainer(OneCPUProcess, DCGANTrainer):
             group["lr"] = self.schedule(self.current_step)
 
     def _disc_step(self, x_real, z):
+        x_real, z = self.ranks.shard(x_real, z)  # this rank's rows (alone: all of them)
         self._set_lr(self.disc_optimizer)
         with torch.no_grad():
-            x_fake = self.generator(torch.from_numpy(z))  # (B, 1, 28, 28): G's samples are inputs here
+            x_fake = self.generator(self.tensor(z))  # (B, 1, 28, 28): G's samples are inputs here
         self.disc_optimizer.zero_grad()
         # real and fake batches through D separately (batch norm never mixes them), in scratch's order
-        loss = _discriminator_loss(self.discriminator(torch.from_numpy(x_real)), self.discriminator(x_fake))
+        loss = _discriminator_loss(self.train_discriminator(self.tensor(x_real)), self.train_discriminator(x_fake))
         loss.backward()
         self.disc_optimizer.step()
         return float(loss.detach())
 
     def _gen_step(self, z):
+        z = self.ranks.shard(z)
         self._set_lr(self.gen_optimizer)
         self.gen_optimizer.zero_grad()
-        loss = _generator_loss(self.discriminator(self.generator(torch.from_numpy(z))), self.kind)
+        loss = _generator_loss(self.train_discriminator(self.train_generator(self.tensor(z))), self.kind)
         loss.backward()  # also fills D's .grad, which the next _disc_step zeroes before use
         self.gen_optimizer.step()
         return float(loss.detach())
 
+    def train_step(self, step):
+        loss = super().train_step(step)
+        self.last_losses = tuple(self.ranks.total(value) for value in self.last_losses)  # over the ranks
+        return loss
+
     def state(self):
-        params, stats = from_torch_dcgan(self.generator, self.discriminator)
+        params, stats = from_torch_dcgan(self.on_cpu(self.generator), self.on_cpu(self.discriminator))
         return {**params, **stats, **adam_state(self.gen_optimizer, self._named("gen"), "optim.gen."),
                 **adam_state(self.disc_optimizer, self._named("disc"), "optim.disc.")}
 
@@ -101,34 +100,36 @@ class TorchDCGANTrainer(OneCPUProcess, DCGANTrainer):
         load_adam_state(self.disc_optimizer, self._named("disc"), arrays, "optim.disc.")
 
 
-class TorchConvVAETrainer(OneCPUProcess, ConvVAETrainer):
+class TorchConvVAETrainer(DeviceTrainer, ConvVAETrainer):
     """ports/torch/conv_vae.py's ConvVAE nn.Module with torch.optim.Adam."""
 
     IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
 
     def _build(self, params):
-        self.module = to_torch_conv_vae(params, self.vae_config)
+        self.module = self.to_device(to_torch_conv_vae(params, self.vae_config))
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=self.lr)
+        self.train_module = self.replicate(self.module)  # DDP(module) under torchrun (ports/torch/distributed.py)
 
     def forward(self, x, eps):
         """VAEOutput of NumPy arrays (elbo, reconstruction, kl), EVAL_CHUNK images at a time."""
         fields = []
         with torch.no_grad():
             for i in range(0, len(x), EVAL_CHUNK):
-                out = self.module(torch.from_numpy(x[i:i + EVAL_CHUNK]), torch.from_numpy(eps[i:i + EVAL_CHUNK]))
-                fields.append([t.numpy() for t in (out.elbo, out.reconstruction, out.kl)])
+                out = self.module(self.tensor(x[i:i + EVAL_CHUNK]), self.tensor(eps[i:i + EVAL_CHUNK]))
+                fields.append([t.cpu().numpy() for t in (out.elbo, out.reconstruction, out.kl)])
         elbo, reconstruction, kl = (np.concatenate(f) for f in zip(*fields))
         return V.VAEOutput(-float(np.mean(elbo)), elbo, reconstruction, kl, None, None, None, None)
 
     def _step(self, x, eps):
+        x, eps = self.ranks.shard(x, eps)  # this rank's rows of the step's batch and noise (alone: all of them)
         self.optimizer.zero_grad()
-        loss = self.module(torch.from_numpy(x), torch.from_numpy(eps)).loss
+        loss = self.train_module(self.tensor(x), self.tensor(eps)).loss
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
 
     def state(self):
-        return {**from_torch_conv_vae(self.module), **adam_state(self.optimizer, vae_parameter_map(self.module), "optim.")}
+        return {**from_torch_conv_vae(self.on_cpu(self.module)), **adam_state(self.optimizer, vae_parameter_map(self.module), "optim.")}
 
     def load_state(self, arrays):
         self._build({name: arrays[name] for name in CV.parameter_shapes(self.vae_config)})
