@@ -22,7 +22,9 @@ DEFAULTS = {
     "vae": {"data": "digits", "steps": 3000, "batch_size": 128, "lr": 1e-3, "z_dim": 2},
     "gan": {"data": "ring", "lr": 1e-3, "lr_end": 1e-5},  # steps and batch size: scratch.train.GAN_RUNS, by data set
     # --lr scales the paper's warm-up schedule (scratch/translation.py)
-    "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 1.0, "layers": 2, "warmup": 400},
+    # cooldown: the last 1,500 steps' rate falls linearly to 0 (scratch/translation.py's cooldown_factor); 0 = the paper's
+    "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 1.0, "layers": 2, "warmup": 400,
+                    "cooldown": 1500},
     # the issue's calibration: 3 pre-norm layers of width 64, 4 heads, 4,000 AdamW steps of 64, one cycle
     "gpt": {"data": "names", "steps": 4000, "batch_size": 64, "lr": 1e-2, "layers": 3, "warmup": 200},
     # the digit classifier whose features every score uses (scratch/scoring.py): 24 epochs of shifted digits
@@ -54,7 +56,10 @@ def build_parser(prog, implementation):
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL-IMPLEMENTATION; with --arch conv, "
                        "runs/MODEL-conv-IMPLEMENTATION)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    start = train.add_mutually_exclusive_group()  # a folder that holds a checkpoint is refused without one of them
+    start.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    start.add_argument("--overwrite", action="store_true", help="replace the run in OUT: its files stay until this "
+                       "run's first evaluation replaces them (scratch/runs.py), so a run that dies before keeps the old one")
     train.add_argument("--eval-every", type=int, default=500)
     train.add_argument("--arch", choices=("mlp", "conv"), default="mlp", help="image models on --data mnist: mlp "
                        "(default) or conv (gan: the DCGAN, vae: the convolutional VAE; scratch/train_conv.py)")
@@ -89,6 +94,8 @@ def build_parser(prog, implementation):
                     "(default 3)")
     tr.add_argument("--max-len", type=int, default=32, help="longest sequence the model takes, special tokens included")
     tr.add_argument("--warmup", type=int, help="warm-up steps of the learning-rate schedule (default 400; gpt 200)")
+    tr.add_argument("--cooldown", type=int, help="transformer: over its last this many steps before --decay-steps the "
+                    "rate falls linearly to 0 (default 1500); 0 keeps the paper's schedule as it is")
     tr.add_argument("--label-smoothing", type=float, default=0.1)
     tr.add_argument("--dropout", type=float, default=0.0)
     tr.add_argument("--norm-first", action="store_true", help="pre-norm layers (default: post-norm, as the paper)")
@@ -122,11 +129,12 @@ def previous_config(out):
     """The config of the run being resumed (its metrics.json), so that --resume keeps its schedule."""
     import os
 
+    from scratch.runs import read_metrics
+
     path = os.path.join(out, "metrics.json")
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return json.load(f).get("config", {})
+    return read_metrics(path).get("config", {})
 
 
 def progress_bar():
@@ -153,8 +161,9 @@ def run_translate(args):
     reference = None
     if sentence.strip().isdigit():
         sentence, reference = number_words(int(sentence))
+    translator = load_translator(args.checkpoint)  # a checkpoint of another kind, or damaged: a RunError, one line
     try:
-        french = translate(load_translator(args.checkpoint), [sentence], beam_width=args.beam, unknown=args.unknown)[0]
+        french = translate(translator, [sentence], beam_width=args.beam, unknown=args.unknown)[0]
     except ValueError as error:
         raise SystemExit(f"cannot translate {sentence!r}: {error}".replace("pass unknown='unk'", "pass --unknown unk"))
     print(f"{sentence} → {french}")
@@ -173,8 +182,9 @@ def run_sample(args):
         raise SystemExit(f"no checkpoint at {args.checkpoint}: train one with `python -m scratch train gpt`")
     if args.num < 1:
         raise SystemExit(f"--num must be ≥ 1, got {args.num}")
+    sampler = load_sampler(args.checkpoint)  # a checkpoint of another kind, or damaged: a RunError, one line
     try:
-        samples = sample_from(load_sampler(args.checkpoint), args.num, args.seed, args.temperature, args.top_k,
+        samples = sample_from(sampler, args.num, args.seed, args.temperature, args.top_k,
                               args.top_p, args.prompt)
     except ValueError as error:
         raise SystemExit(f"cannot sample: {error}")
@@ -182,7 +192,35 @@ def run_sample(args):
     return 0
 
 
+class CommandLineError(SystemExit):
+    """How main() leaves on a user's mistake, as argparse's errors do: exit status 2, after one line
+    `prog: error: …` on stderr. Its str is the message, for a caller that runs main() in-process."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.code = 2  # what the interpreter exits with; it prints nothing more
+
+
 def main(argv=None, prog="python -m scratch", implementation="scratch", trainers=None):
+    """The command line. A mistake gets one line and exit status 2, never a traceback: a RunError
+    (scratch/runs.py: a folder that holds a run, a checkpoint missing, corrupt, of another model or
+    shape, unknown data) or a SystemExit with a message from the checks below. Other errors are
+    bugs, and keep their traceback."""
+    from scratch.runs import RunError
+
+    try:
+        return run_command(argv, prog, implementation, trainers)
+    except RunError as error:
+        message = str(error)
+    except SystemExit as error:
+        if not isinstance(error.code, str):  # argparse's exit 2 (it has printed), --help's 0
+            raise
+        message = error.code
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    raise CommandLineError(message)
+
+
+def run_command(argv=None, prog="python -m scratch", implementation="scratch", trainers=None):
     args = build_parser(prog, implementation).parse_args(argv)
     if args.command == "translate":
         return run_translate(args)
@@ -219,10 +257,21 @@ def main(argv=None, prog="python -m scratch", implementation="scratch", trainers
         raise SystemExit(f"--data must be numbers for the transformer, got {args.data!r}")
     if args.model == "gpt" and args.data not in ("names", "names:last", "names:first") and not args.data.startswith("text:"):
         raise SystemExit(f"--data must be names, names:last, names:first or text:FILE for the gpt, got {args.data!r}")
+    if args.model == "vae":
+        from scratch.train import check_vae_data
+
+        check_vae_data(args.data)
+    from scratch.runs import prepare_out
+
+    # refused before any data loads (run_training checks again, for every caller)
+    prepare_out(args.out, args.resume, args.overwrite, model=args.model + ("-conv" if conv else ""))
     if args.decay_steps is None:
         args.decay_steps = previous_config(args.out).get("decay_steps", args.steps) if args.resume else args.steps
     if args.steps < 1 or args.eval_every < 1 or args.batch_size < 1:
         raise SystemExit("--steps, --eval-every and --batch-size must be positive")
+    if args.model == "transformer" and not 0 <= args.cooldown <= args.decay_steps:
+        raise SystemExit(f"--cooldown {args.cooldown} must lie in [0, --decay-steps = {args.decay_steps}] (which is "
+                         f"--steps unless given): the rate reaches 0 at step --decay-steps")
     if args.model == "gpt" and not 0 <= args.warmup <= args.decay_steps:
         raise SystemExit(f"--warmup {args.warmup} must lie in [0, --decay-steps = {args.decay_steps}] (which is --steps "
                          f"unless given): the rate warms up, then decays over the rest")

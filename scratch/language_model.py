@@ -20,7 +20,7 @@ import numpy as np
 from scratch import data as D
 from scratch import gpt as G
 from scratch.optim import AdamW, warmup_cosine
-from scratch.runs import batch_for_step, load_checkpoint, run_training
+from scratch.runs import RunError, batch_for_step, checkpoint_model, describe_checkpoint, load_checkpoint, run_training
 from scratch.transformer import cross_entropy_forward
 
 PAD, BOUNDARY = "<pad>", "<|endoftext|>"
@@ -104,10 +104,14 @@ def _load_lm_data(data, held_out, split_seed):
         kind = "first" if data == "names:first" else "last"
         examples, default_held_out = D.load_names(kind), D.NAMES_HELD_OUT
     elif data.startswith("text:"):
+        import os
+
+        if not os.path.isfile(data.split(":", 1)[1]):
+            raise RunError(f"--data {data}: no such file")
         examples = D.load_text_lines(data.split(":", 1)[1])
         default_held_out = max(1, len(examples) // 10)
     else:
-        raise ValueError(f"--data must be names, names:last, names:first or text:FILE for the GPT, got {data!r}")
+        raise RunError(f"--data must be names, names:last, names:first or text:FILE for the GPT, got {data!r}")
     held_out = default_held_out if held_out is None else held_out
     train, test = D.held_out_split(examples, held_out, split_seed)
     vocab = CharVocabulary.build(examples)  # every character of either split: no example is unencodable
@@ -281,7 +285,8 @@ def train_gpt(args, make_trainer=ScratchGPTTrainer, make_bar=None):
         limit = threadpool_limits(limits=trainer.BLAS_THREADS, user_api="blas")
     with limit:
         return run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
-                            make_bar=make_bar, describe=lambda: {"bigram_nats_per_char": bigram})
+                            overwrite=getattr(args, "overwrite", False), make_bar=make_bar,
+                            describe=lambda: {"bigram_nats_per_char": bigram})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,10 +303,11 @@ class Sampler(NamedTuple):
 
 def load_sampler(path):
     """A trained GPT and its vocabulary from a checkpoint.npz written by any implementation's trainer."""
-    arrays = load_checkpoint(path)
+    arrays = load_checkpoint(path)  # RunError if missing or damaged
     missing = [k for k in ("vocab.tokens", "model.config", "data.info") if k not in arrays]
     if missing:
-        raise ValueError(f"{path} is not a GPT checkpoint: it lacks {missing}")
+        found = f"holds {describe_checkpoint(arrays)}" if checkpoint_model(arrays) else f"lacks {missing}"
+        raise RunError(f"{path} is not a GPT checkpoint: it {found}")
     config = G.GPTConfig(**json.loads(str(arrays["model.config"])))
     params = {name: arrays[name] for name in G.parameter_shapes(config)}
     return Sampler(params, config, CharVocabulary.from_array(arrays["vocab.tokens"]), json.loads(str(arrays["data.info"])))

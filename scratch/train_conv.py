@@ -135,7 +135,7 @@ def train_dcgan(args, make_trainer=ScratchDCGANTrainer, make_bar=None):
     trainer = make_trainer(config, args.data, args.seed, args.decay_steps, batch_size=args.batch_size, lr=args.lr,
                            lr_end=args.lr_end, disc_steps=args.disc_steps, kind=args.loss, dtype=np.dtype(args.dtype))
     metrics = run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
-                           make_bar=make_bar)
+                           overwrite=getattr(args, "overwrite", False), make_bar=make_bar)
     samples = trainer.samples(1000).reshape(1000, 28, 28)  # (1000, 28, 28)
     _atomic_write(os.path.join(args.out, "samples.npy"), lambda f: np.save(f, samples))
     return metrics
@@ -220,7 +220,7 @@ def train_conv_vae(args, make_trainer=ScratchConvVAETrainer, make_bar=None):
     config = CV.ConvVAEConfig(z_dim=args.z_dim, width=args.width)
     trainer = make_trainer(config, x_train, x_test, args.seed, batch_size=args.batch_size, lr=args.lr)
     metrics = run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
-                           make_bar=make_bar)
+                           overwrite=getattr(args, "overwrite", False), make_bar=make_bar)
     state = trainer.state()  # every implementation's state is in the scratch layout
     samples = conv_vae_samples({name: state[name] for name in CV.parameter_shapes(config)}, config, args.seed)
     _atomic_write(os.path.join(args.out, "samples.npy"), lambda f: np.save(f, samples))
