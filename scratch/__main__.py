@@ -2,13 +2,15 @@
 python -m scratch translate "ninety-seven" [--checkpoint runs/transformer-scratch/checkpoint.npz]
 python -m scratch sample runs/gpt-scratch/checkpoint.npz [--num 20] [--temperature 0.8] [--top-p 0.95] [--prompt Mc]
 python -m scratch score runs/gan-scratch/samples.npy [--classifier CKPT] [--floor]
+python -m scratch draw "three hundred and twelve" [--guidance 3] [--out 312.png] [--checkpoint CKPT] [--seed S]
 
 Trains a NumPy model and writes DIR/metrics.json and DIR/checkpoint.npz (scratch/runs.py).
 The ports have the same command line: python -m ports.torch train vae, and so on.
 `translate` turns English number words (or an integer, written out by num2words) into French
 with a trained Transformer checkpoint from any implementation; `sample` prints what a trained GPT
 writes (census names by default), one sample a line; `score` prints FID, KID, precision, recall and
-the Inception Score analogue of generated digits against the 1,000 test digits (scratch/scoring.py).
+the Inception Score analogue of generated digits against the 1,000 test digits (scratch/scoring.py);
+`draw` writes a PNG of a number's digits, each drawn by the guided diffusion U-Net from its word (scratch/draw.py).
 """
 
 import argparse
@@ -122,6 +124,9 @@ def build_parser(prog, implementation):
     translate.add_argument("--beam", type=int, default=1, help="beam width (1: greedy)")
     translate.add_argument("--unknown", choices=("error", "unk"), default="error",
                            help="words the model never saw: an error that lists them (default), or <unk>")
+    from scratch.draw import add_draw_parser
+
+    add_draw_parser(commands)
     return parser
 
 
@@ -230,6 +235,10 @@ def run_command(argv=None, prog="python -m scratch", implementation="scratch", t
         from scratch.scoring import run_score
 
         return run_score(args)
+    if args.command == "draw":
+        from scratch.draw import run_draw
+
+        return run_draw(args)
     if args.out is None:
         arch = "-conv" if getattr(args, "arch", "mlp") == "conv" else ""  # the DCGAN's run beside the MLP GAN's
         args.out = f"runs/{args.model}{arch}-{implementation}"
