@@ -57,6 +57,10 @@ def guided_ddim(params, config, x_T, words, scale, num_steps, alphas_cumprod):
         w = words[start:start + CHUNK]
 
         def eps_fn(x_t, t, w=w):
+            # at s = 0 and s = 1 one branch has weight 0 and guidance_mix returns the other to the last bit
+            # (checks/test_guidance.py): run that branch alone, half the work
+            if scale in (0.0, 1.0):
+                return U.unet_forward(params, x_t, t, config, w if scale == 1.0 else None)[0]
             return U.guided_eps(params, x_t, t, w, scale, config)
 
         out.append(Df.ddim_sample(eps_fn, x_T[start:start + CHUNK], alphas_cumprod, num_steps))
@@ -137,3 +141,71 @@ def train_guided_digits(args, make_trainer=GuidedDigitTrainer, make_bar=None):
         metrics["final"].update(figures)
     write_metrics(os.path.join(args.out, "metrics.json"), metrics)
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores: the image generators' scores (scratch/scoring.py), and how often the classifier reads the word asked for
+# ----------------------------------------------------------------------------------------------
+
+
+def score_digit_samples(samples, words, classifier=None):
+    """FID, KID, precision, recall and IS of images (N, 28, 28) against the 1,000 test digits, plus word_accuracy:
+    the share of images that the scoring classifier puts in the class of the word they were drawn for (words (N,) ids)."""
+    from scratch import classifier as C
+    from scratch import scoring
+
+    params, config = scoring._classifier(classifier, None)
+    images = scoring.check_samples(samples)  # (N, 1, 28, 28)
+    scores = scoring.score_samples(images, (params, config))
+    predicted = C.probabilities(images, params, config).argmax(axis=1)  # (N,)
+    return {**scores, "word_accuracy": float(np.mean(predicted == np.asarray(words)))}
+
+
+def guidance_sweep(params, config, alphas_cumprod, seed, scales=(0.0, 1.0, 3.0, 6.0), per_word=100,
+                   sample_steps=DIGIT_RUN["sample_steps"], classifier=None):
+    """{scale: (images (10·per_word, 28, 28), scores)}: the same x_T at every scale, so only the guidance changes."""
+    words = np.repeat(np.arange(10), per_word)  # (N,), "zero" first
+    sweep = {}
+    for scale in scales:
+        began = time.process_time()
+        images = sample_digits(params, config, words, scale, sample_steps, seed, alphas_cumprod)
+        seconds = time.process_time() - began
+        sweep[scale] = (images, {**score_digit_samples(images, words, classifier), "sample_cpu_s": seconds})
+    return sweep
+
+
+def write_sweep(run_dir, scales=(0.0, 1.0, 3.0, 6.0), per_word=100, sample_steps=DIGIT_RUN["sample_steps"], seed=None):
+    """Run guidance_sweep on run_dir's checkpoint; save sweep-s{scale}.npy and sweep.json (the scores) beside it.
+
+    A scale whose images are already in run_dir (samples.npy at the run's guidance scale, or an earlier sweep file)
+    is scored again but not sampled again.
+    """
+    import json
+
+    from scratch.draw import load_guided_model
+
+    params, config, alphas_cumprod = load_guided_model(os.path.join(run_dir, "checkpoint.npz"))
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    final, seed = metrics["final"], metrics["seed"] if seed is None else seed  # x_T of the run's own seed by default
+    words = np.repeat(np.arange(10), per_word)
+    scores = {}
+    for scale in scales:
+        path = os.path.join(run_dir, f"sweep-s{scale:g}.npy")
+        seconds = None
+        if os.path.exists(path):
+            images = np.load(path)
+        elif (per_word == 100 and sample_steps == final.get("sample_steps") and scale == final.get("guidance")
+              and os.path.exists(os.path.join(run_dir, "samples.npy"))):
+            images, seconds = np.load(os.path.join(run_dir, "samples.npy")), final.get("sample_cpu_s")
+        else:
+            began = time.process_time()
+            images = sample_digits(params, config, words, scale, sample_steps, seed, alphas_cumprod)
+            seconds = time.process_time() - began
+        _atomic_write(path, lambda f, images=images: np.save(f, images))
+        scores[f"{scale:g}"] = {**score_digit_samples(images, words), "sample_cpu_s": seconds}
+        print(f"s = {scale:g}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores[f"{scale:g}"].items() if v is not None),
+              flush=True)
+    text = json.dumps({"per_word": per_word, "sample_steps": sample_steps, "seed": seed, "scores": scores}, indent=2)
+    _atomic_write(os.path.join(run_dir, "sweep.json"), lambda f: f.write(text.encode()))
+    return scores
