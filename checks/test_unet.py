@@ -145,11 +145,14 @@ def test_bad_inputs_get_one_clear_error():
     t, cond = np.array([0, 1]), np.array([0, 1])
     T = TINY.num_steps
     cases = [
-        ("t = T", lambda: U.unet_forward(params, x, np.array([0, T]), TINY, cond), ValueError, ["t", f"[0, {T})", "(2,)"]),
+        ("t = T", lambda: U.unet_forward(params, x, np.array([0, T]), TINY, cond), ValueError, ["t", f"[0, {T - 1}]", "[0, 10]"]),
         ("t < 0", lambda: U.unet_forward(params, x, np.array([-1, 0]), TINY, cond), ValueError, ["t", "[-1, 0]"]),
-        ("float t", lambda: U.unet_forward(params, x, np.array([0.5, 1.0]), TINY, cond), ValueError, ["t", "float64"]),
+        ("float t", lambda: U.unet_forward(params, x, np.array([0.5, 1.0]), TINY, cond), TypeError, ["t", "float64"]),
         ("t of the wrong length", lambda: U.unet_forward(params, x, np.array([0]), TINY, cond), ValueError, ["(2,)", "(1,)"]),
-        ("cond out of range", lambda: U.unet_forward(params, x, t, TINY, np.array([0, 11])), ValueError, ["cond", "NULL = 10"]),
+        ("cond out of range", lambda: U.unet_forward(params, x, t, TINY, np.array([0, 11])), ValueError,
+         ["cond", "NULL = 10", "[0, 11]"]),
+        ("a parameter missing", lambda: U.unet_forward({k: v for k, v in params.items() if k != "unet.mid.emb.W"}, x, t,
+                                                       TINY, cond), ValueError, ["unet.mid.emb.W", "(6, 6)", "nothing"]),
         ("x_t without its channel axis", lambda: U.unet_forward(params, x[:, 0], t, TINY, cond), ValueError,
          ["x_t", "(B, 1, H, W)", "(2, 8, 8)"]),
         ("a side not divisible by 4", lambda: U.unet_forward(params, x[:, :, :6, :6], t, TINY, cond), ValueError,

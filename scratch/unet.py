@@ -243,21 +243,32 @@ def word_ids(words):
     return np.array(ids, dtype=np.int64)  # (B,)
 
 
+def _check_ids(name, ids, batch, high, meaning):
+    """ids as an int array (B,) with values in [0, high]: TypeError for another dtype, ValueError for shape or range."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array of shape ({batch},), got dtype {ids.dtype} with shape {ids.shape}")
+    if ids.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) (one per image of x_t), got shape {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() > high):
+        raise ValueError(f"{name} must lie in [0, {high}] ({meaning}), got values in [{ids.min()}, {ids.max()}]")
+    return ids
+
+
 def check_unet_inputs(params, x_t, t, config, cond):
     """x_t (B, 1, H, W) float, H and W divisible by 4, of the parameters' dtype; t and cond (B,) ints in range."""
+    for name, shape in parameter_shapes(config).items():
+        if name not in params or np.shape(params[name]) != shape:
+            raise ValueError(f"params[{name!r}] must have shape {shape} for {config}, got "
+                             f"{np.shape(params[name]) if name in params else 'nothing'}")
     x_t = as_float_array("x_t", x_t)
     if x_t.ndim != 4 or x_t.shape[1] != 1 or x_t.shape[2] % 4 or x_t.shape[3] % 4:
         raise ValueError(f"x_t must have shape (B, 1, H, W) with H and W divisible by 4, got shape {x_t.shape}")
     check_same_dtype(x_t=x_t, params=params["unet.conv_in.w"])
     b = len(x_t)
-    t = np.asarray(t)
-    if t.shape != (b,) or t.dtype.kind not in "iu" or (b and (t.min() < 0 or t.max() >= config.num_steps)):
-        raise ValueError(f"t must be ints of shape ({b},) in [0, {config.num_steps}), got {t.dtype} of shape {t.shape}"
-                         + (f" with values in [{t.min()}, {t.max()}]" if t.size and t.dtype.kind in "iu" else ""))
-    cond = np.full(b, NULL, dtype=np.int64) if cond is None else np.asarray(cond)
-    if cond.shape != (b,) or cond.dtype.kind not in "iu" or (b and (cond.min() < 0 or cond.max() > NULL)):
-        raise ValueError(f"cond must be ints of shape ({b},) in [0, {NULL}] (digit 0 … 9, or NULL = {NULL}), got "
-                         f"{cond.dtype} of shape {cond.shape}")
+    t = _check_ids("t", t, b, config.num_steps - 1, f"0-based steps, T = {config.num_steps}")
+    cond = np.full(b, NULL, dtype=np.int64) if cond is None else cond
+    cond = _check_ids("cond", cond, b, NULL, f"digit 0 … 9, or NULL = {NULL} for ∅")
     return x_t, t, cond
 
 
