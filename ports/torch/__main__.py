@@ -6,7 +6,8 @@ import sys
 from ports.torch.distributed import command_line
 from ports.torch.train import TRAINERS
 from ports.torch.train_conv import CONV_TRAINERS
+from ports.torch.train_diffusion import DIFFUSION_TRAINERS
 from scratch.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(command_line(main, {**TRAINERS, **CONV_TRAINERS}))
+    sys.exit(command_line(main, {**TRAINERS, **CONV_TRAINERS, **DIFFUSION_TRAINERS}))
