@@ -1,0 +1,363 @@
+"""Denoising diffusion in TensorFlow 2: scratch/diffusion.py with tf ops, the backward by tf.GradientTape.
+
+Read it beside scratch/diffusion.py: the names, the arguments and the NumPy-in/NumPy-out interface
+of every function are the same, and so are the equations (scratch/diffusion.py's docstring derives
+them). The schedules and the per-example coefficients are computed in float64 and cast to the
+data's dtype, as scratch does. The loss and the denoiser run under a GradientTape in the forward;
+the backward asks the tape for the vector-Jacobian product. After the functions comes the MLP
+denoiser as a `tf.Module` (`MLPDenoiser`, one `tf.Variable` per scratch parameter, in scratch's
+layout: W of shape (in, out), so converting transposes nothing).
+
+Shape letters as in scratch: B batch, T diffusion steps, D data width, E time-embedding width,
+H hidden width; `...` the data's own axes.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from ports.tensorflow.attention import Cache, _gradients, _watched
+from scratch.diffusion import (SCHEDULES, Denoiser, MLPDenoiserConfig, Posterior, _check_batch, _check_int,
+                               _check_like, _check_schedule, _check_steps, check_mlp_denoiser_config, ddim_timesteps,
+                               init_mlp_denoiser, mlp_denoiser_shapes)
+from scratch.validate import as_float_array
+
+__all__ = [
+    "beta_schedule", "alpha_bar", "q_sample", "posterior_coefficients", "q_posterior", "predict_x0",
+    "eps_loss_forward", "eps_loss_backward", "denoiser_step", "ddpm_step", "ddim_step", "ddpm_sample",
+    "ddim_timesteps", "ddim_sample", "time_embedding", "MLPDenoiserConfig", "mlp_denoiser_shapes",
+    "init_mlp_denoiser", "mlp_denoiser_forward", "mlp_denoiser_backward", "MLP_DENOISER", "MLPDenoiser",
+    "to_tf_mlp_denoiser", "from_tf_mlp_denoiser",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The math on tensors: shared by the functions below, by the tf.Module and by the trainer
+# ----------------------------------------------------------------------------------------------
+
+
+def _per_example(values, x):
+    """(B,) float64 coefficients → (B, 1, …, 1) in x's dtype, to broadcast against x (B, ...)."""
+    return tf.reshape(tf.cast(values, x.dtype), [-1] + [1] * (len(x.shape) - 1))
+
+
+def _q_sample(x0, t, eps, alphas_cumprod):
+    a = tf.gather(alphas_cumprod, t)  # (B,) float64
+    # Eq. 4, Ho et al. 2020: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
+    return _per_example(tf.sqrt(a), x0) * x0 + _per_example(tf.sqrt(1.0 - a), x0) * eps  # (B, ...)
+
+
+def _eps_loss(eps_pred, eps):
+    # Eq. 14, Ho et al. 2020: L_simple = ‖ε − ε_θ(x_t, t)‖², the mean over every entry
+    diff = eps_pred - eps  # (B, ...)
+    return tf.reduce_mean(diff * diff)
+
+
+def _time_embedding(t, dim, dtype):
+    """(B, E) sinusoids of t (B,) int: PE(t, 2i) = sin(t / 10000^(2i/E)), PE(t, 2i + 1) = cos(same)."""
+    # §3.5, Vaswani et al. 2017, with the step as the position; computed in float64, then cast
+    two_i = tf.range(0, dim, 2, dtype=tf.float64)  # (⌈E/2⌉,)
+    angle = tf.cast(t, tf.float64)[:, None] / tf.pow(tf.constant(10000.0, tf.float64), two_i / dim)  # (B, ⌈E/2⌉)
+    pe = tf.reshape(tf.stack([tf.sin(angle), tf.cos(angle)], axis=-1), (-1, 2 * ((dim + 1) // 2)))  # sin, cos, …
+    return tf.cast(pe[:, :dim], dtype)  # (B, E); an odd E drops the last cos column
+
+
+def _mlp_denoise(x_t, t, params, time_dim):
+    """params: {"den.W1": W (in, out), "den.b1": b, …}; [x_t, emb(t)] → (Linear → SiLU) … → Linear."""
+    h = tf.concat([x_t, _time_embedding(t, time_dim, x_t.dtype)], axis=1)  # (B, D + E)
+    count = sum(name.startswith("den.W") for name in params)
+    for i in range(1, count + 1):
+        h = tf.matmul(h, params[f"den.W{i}"]) + params[f"den.b{i}"]  # (B, H_i), (B, D) after the last
+        if i < count:
+            h = tf.nn.silu(h)  # silu(h) = h σ(h)
+    return h
+
+
+# ----------------------------------------------------------------------------------------------
+# Noise schedules
+# ----------------------------------------------------------------------------------------------
+
+
+def beta_schedule(kind, num_steps):
+    """β_0 … β_{T−1}, float64 (T,): "linear" (Ho et al. 2020) or "cosine" (Nichol and Dhariwal 2021)."""
+    num_steps = _check_int("num_steps", num_steps, 1)
+    if kind == "linear":
+        return tf.linspace(tf.constant(1e-4, tf.float64), 0.02, num_steps).numpy()  # (T,)
+    if kind == "cosine":
+        # Eq. 17, Nichol and Dhariwal 2021: ᾱ(u) = f(u) / f(0), f(u) = cos²((u + s)/(1 + s) · π/2), s = 0.008
+        u = tf.range(num_steps + 1, dtype=tf.float64) / num_steps  # (T + 1,)
+        f = tf.cos((u + 0.008) / 1.008 * (math.pi / 2.0)) ** 2  # (T + 1,)
+        # β_t = 1 − ᾱ_{t+1} / ᾱ_t, capped at 0.999
+        return tf.minimum(1.0 - f[1:] / f[:-1], 0.999).numpy()  # (T,)
+    raise ValueError(f"kind must be one of {SCHEDULES}, got {kind!r}")
+
+
+def alpha_bar(betas):
+    """ᾱ_t = Π_{s=0}^{t} (1 − β_s), (T,)."""
+    return tf.math.cumprod(1.0 - tf.constant(_check_schedule("betas", betas))).numpy()  # (T,)
+
+
+# ----------------------------------------------------------------------------------------------
+# The forward process and its posterior
+# ----------------------------------------------------------------------------------------------
+
+
+def q_sample(x0, t, eps, alphas_cumprod):
+    """x_t ~ q(x_t | x_0) drawn with the given noise: x0 and eps (B, ...), t (B,) int → x_t (B, ...)."""
+    x0 = _check_batch("x0", x0)
+    eps = _check_like("eps", eps, "x0", x0)
+    alphas_cumprod = _check_schedule("alphas_cumprod", alphas_cumprod)
+    t = _check_steps("t", t, len(x0), len(alphas_cumprod))
+    return _q_sample(tf.constant(x0), tf.constant(t), tf.constant(eps), tf.constant(alphas_cumprod)).numpy()
+
+
+def _posterior(betas, t):
+    """The tensors (coef_x0, coef_xt, variance), each (B,) float64, of Eq. 7 with ᾱ_{−1} = 1."""
+    a = tf.math.cumprod(1.0 - betas)  # (T,) ᾱ
+    a_prev = tf.where(t > 0, tf.gather(a, tf.maximum(t - 1, 0)), tf.constant(1.0, a.dtype))  # (B,) ᾱ_{t−1}
+    a_t, beta_t = tf.gather(a, t), tf.gather(betas, t)  # (B,) each
+    coef_x0 = tf.sqrt(a_prev) * beta_t / (1.0 - a_t)  # √ᾱ_{t−1} β_t / (1 − ᾱ_t)
+    coef_xt = tf.sqrt(1.0 - beta_t) * (1.0 - a_prev) / (1.0 - a_t)  # √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)
+    variance = (1.0 - a_prev) / (1.0 - a_t) * beta_t  # β̃_t, 0 at t = 0
+    return coef_x0, coef_xt, variance
+
+
+def posterior_coefficients(betas, t):
+    """μ̃_t = coef_x0 · x_0 + coef_xt · x_t and β̃_t of q(x_{t−1} | x_t, x_0), for t (B,) int, float64."""
+    betas = _check_schedule("betas", betas)
+    t = np.asarray(t)
+    t = _check_steps("t", t, t.size if t.ndim else 1, len(betas))
+    return Posterior(*(c.numpy() for c in _posterior(tf.constant(betas), tf.constant(t))))
+
+
+def q_posterior(x0, x_t, t, betas):
+    """(μ̃_t (B, ...), β̃_t (B,)): the mean and variance of q(x_{t−1} | x_t, x_0)."""
+    x0 = _check_batch("x0", x0)
+    x_t = _check_like("x_t", x_t, "x0", x0)
+    betas = _check_schedule("betas", betas)
+    coef_x0, coef_xt, variance = _posterior(tf.constant(betas), tf.constant(_check_steps("t", t, len(x0), len(betas))))
+    x0, x_t = tf.constant(x0), tf.constant(x_t)
+    # Eq. 7: μ̃_t(x_t, x_0) = coef_x0 x_0 + coef_xt x_t
+    return (_per_example(coef_x0, x0) * x0 + _per_example(coef_xt, x0) * x_t).numpy(), variance.numpy()
+
+
+def _predict_x0(eps_pred, x_t, a_t):
+    # Eq. 15: x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t
+    return (x_t - _per_example(tf.sqrt(1.0 - a_t), x_t) * eps_pred) / _per_example(tf.sqrt(a_t), x_t)
+
+
+def predict_x0(eps_pred, x_t, a_t):
+    """x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t: q_sample solved for x_0, a_t the (B,) ᾱ_t, float64."""
+    return _predict_x0(tf.constant(eps_pred), tf.constant(x_t), tf.constant(np.asarray(a_t, np.float64))).numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# The ε-prediction loss
+# ----------------------------------------------------------------------------------------------
+
+
+def eps_loss_forward(eps_pred, eps):
+    """Eq. 14, Ho et al. 2020: L_simple = E ‖ε − ε_θ(x_t, t)‖², here the mean over every entry."""
+    eps_pred = _check_batch("eps_pred", eps_pred)
+    eps = _check_like("eps", eps, "eps_pred", eps_pred)
+    with tf.GradientTape() as tape:
+        inputs = (_watched(tape, eps_pred),)
+        loss = _eps_loss(inputs[0], tf.constant(eps))
+    return float(loss), Cache(tape, inputs, loss)
+
+
+def eps_loss_backward(dloss, cache):
+    """Return d eps_pred (= 2 (ε_θ − ε) / N · dloss, from the tape)."""
+    (d_eps_pred,) = _gradients(np.asarray(dloss, dtype=cache.out.dtype.as_numpy_dtype), cache)
+    return d_eps_pred
+
+
+def denoiser_step(x0, t, eps, params, alphas_cumprod, denoiser, config, cond=None):
+    """(loss, grads) of one training step (Algorithm 1): x_t = q_sample(x0, t, ε), then ‖ε − ε_θ(x_t, t)‖²."""
+    x_t = q_sample(x0, t, eps, alphas_cumprod)  # (B, ...)
+    eps_pred, cache = denoiser.forward(params, x_t, t, config, cond)  # (B, ...)
+    loss, loss_cache = eps_loss_forward(eps_pred, eps)
+    return loss, denoiser.backward(eps_loss_backward(1.0, loss_cache), cache)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reverse steps: DDPM (ancestral) and DDIM
+# ----------------------------------------------------------------------------------------------
+
+
+def _ddpm_step(eps_pred, t, x_t, betas, noise):
+    coef_x0, coef_xt, variance = _posterior(betas, t)  # (B,) each
+    x0_pred = _predict_x0(eps_pred, x_t, tf.gather(tf.math.cumprod(1.0 - betas), t))  # (B, ...), Eq. 15
+    # Eq. 7: μ̃_t = coef_x0 · x̂_0 + coef_xt · x_t
+    mean = _per_example(coef_x0, x_t) * x0_pred + _per_example(coef_xt, x_t) * x_t  # (B, ...)
+    if noise is None:
+        return mean
+    # x_{t−1} = μ̃_t + σ_t z with σ_t = √β̃_t, and σ_0 = 0
+    sigma = tf.where(t > 0, tf.sqrt(variance), tf.constant(0.0, variance.dtype))  # (B,)
+    return mean + _per_example(sigma, x_t) * noise  # (B, ...)
+
+
+def ddpm_step(eps_pred, t, x_t, betas, noise):
+    """x_{t−1} ~ N(μ̃_t(x_t, x̂_0), β̃_t I): Algorithm 2, Ho et al. 2020, no noise at t = 0 (noise may be None there)."""
+    x_t = _check_batch("x_t", x_t)
+    eps_pred = _check_like("eps_pred", eps_pred, "x_t", x_t)
+    betas = _check_schedule("betas", betas)
+    t = _check_steps("t", t, len(x_t), len(betas))
+    if noise is None and np.any(t > 0):
+        raise ValueError(f"noise must be an array of x_t's shape {x_t.shape} where t > 0, got None")
+    noise = None if noise is None else tf.constant(_check_like("noise", noise, "x_t", x_t))
+    return _ddpm_step(tf.constant(eps_pred), tf.constant(t), tf.constant(x_t), tf.constant(betas), noise).numpy()
+
+
+def _ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta, noise):
+    a_t = tf.gather(alphas_cumprod, t)  # (B,)
+    a_prev = tf.where(t_prev >= 0, tf.gather(alphas_cumprod, tf.maximum(t_prev, 0)),
+                      tf.constant(1.0, alphas_cumprod.dtype))  # (B,), ᾱ = 1 before the first step
+    x0_pred = _predict_x0(eps_pred, x_t, a_t)  # (B, ...)
+    # Eq. 16, Song et al. 2021: σ_t(η)² = η² (1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)
+    var = eta * eta * (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)  # (B,)
+    # Eq. 12: x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z
+    x_prev = _per_example(tf.sqrt(a_prev), x_t) * x0_pred + _per_example(tf.sqrt(1.0 - a_prev - var), x_t) * eps_pred
+    if eta > 0.0:
+        x_prev = x_prev + _per_example(tf.sqrt(var), x_t) * noise  # (B, ...)
+    return x_prev
+
+
+def ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta=0.0, noise=None):
+    """x_{t_prev} from x_t (t_prev = −1 is the end, where ᾱ = 1): Eq. 12, Song et al. 2021; η = 0 is deterministic."""
+    x_t = _check_batch("x_t", x_t)
+    eps_pred = _check_like("eps_pred", eps_pred, "x_t", x_t)
+    alphas_cumprod = _check_schedule("alphas_cumprod", alphas_cumprod)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    t = _check_steps("t", t, len(x_t), len(alphas_cumprod))
+    t_prev = _check_steps("t_prev", t_prev, len(x_t), len(alphas_cumprod), low=-1)
+    if eta > 0.0:
+        if np.any(t_prev >= t):
+            i = int(np.argmax(t_prev >= t))
+            raise ValueError(f"t_prev must be < t when eta > 0 (a step towards the data), got t_prev {t_prev[i]} at "
+                             f"t {t[i]} (example {i})")
+        if noise is None:
+            raise ValueError(f"noise must be an array of x_t's shape {x_t.shape} when eta > 0, got None")
+        noise = tf.constant(_check_like("noise", noise, "x_t", x_t))
+    return _ddim_step(tf.constant(eps_pred), tf.constant(t), tf.constant(t_prev), tf.constant(x_t),
+                      tf.constant(alphas_cumprod), float(eta), noise).numpy()
+
+
+def ddpm_sample(eps_fn, x_T, betas, rng):
+    """Ancestral sampling (Algorithm 2) from x_T (B, ...) over every step; rng draws each z as scratch's does."""
+    x = _check_batch("x_T", x_T)
+    betas = _check_schedule("betas", betas)
+    for step in range(len(betas) - 1, -1, -1):
+        t = np.full(len(x), step)  # (B,)
+        noise = rng.standard_normal(x.shape).astype(x.dtype) if step > 0 else None  # (B, ...)
+        x = ddpm_step(eps_fn(x, t), t, x, betas, noise)  # (B, ...)
+    return x
+
+
+def ddim_sample(eps_fn, x_T, alphas_cumprod, num_steps, eta=0.0, rng=None):
+    """DDIM over n = num_steps of the T steps (ddim_timesteps), x_T (B, ...) → x_0; rng needed when eta > 0."""
+    x = _check_batch("x_T", x_T)
+    alphas_cumprod = _check_schedule("alphas_cumprod", alphas_cumprod)
+    if eta > 0.0 and rng is None:
+        raise ValueError("rng must be a np.random.Generator when eta > 0 (the steps draw noise), got None")
+    steps = ddim_timesteps(len(alphas_cumprod), num_steps)
+    for step, prev in zip(steps, list(steps[1:]) + [-1]):
+        t = np.full(len(x), step)  # (B,)
+        noise = rng.standard_normal(x.shape).astype(x.dtype) if eta > 0.0 else None  # (B, ...)
+        x = ddim_step(eps_fn(x, t), t, np.full(len(x), prev), x, alphas_cumprod, eta, noise)  # (B, ...)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# The time embedding, and the MLP denoiser for 2-D data as functions of a scratch-layout dict
+# ----------------------------------------------------------------------------------------------
+
+
+def time_embedding(t, dim, dtype=np.float64):
+    """(B, E) sinusoids of the step t (B,) int: the Transformer's positional encoding with the step as position."""
+    t = np.asarray(t)
+    if t.dtype.kind not in "iu" or t.ndim != 1:
+        raise ValueError(f"t must be an integer array of shape (B,), got dtype {t.dtype} with shape {t.shape}")
+    if t.size and t.min() < 0:
+        raise ValueError(f"t must be ≥ 0, got a minimum of {t.min()}")
+    dim = _check_int("dim", dim, 1)
+    return _time_embedding(tf.constant(t.astype(np.int64)), dim, tf.as_dtype(np.dtype(dtype))).numpy()
+
+
+def _check_mlp_inputs(params, x_t, t, config, cond):
+    config = check_mlp_denoiser_config(config)
+    x_t = as_float_array("x_t", x_t)
+    if x_t.ndim != 2 or x_t.shape[1] != config.x_dim:
+        raise ValueError(f"x_t must have shape (B, {config.x_dim}), got shape {x_t.shape}")
+    if cond is not None:
+        raise ValueError(f"the MLP denoiser is unconditional: cond must be None, got {type(cond).__name__}")
+    t = np.asarray(t)
+    if t.shape != (len(x_t),):
+        raise ValueError(f"t must have shape ({len(x_t)},) (one step per row of x_t {x_t.shape}), got shape {t.shape}")
+    for name, shape in mlp_denoiser_shapes(config).items():
+        if name not in params or np.shape(params[name]) != shape:
+            raise ValueError(f"params[{name!r}] must have shape {shape}, got "
+                             f"{np.shape(params[name]) if name in params else 'nothing'}")
+    return config, x_t, t
+
+
+def mlp_denoiser_forward(params, x_t, t, config, cond=None):
+    """ε_θ(x_t, t): [x_t, emb(t)] → (Linear → SiLU) per hidden width → Linear. x_t (B, D), t (B,) → (B, D)."""
+    config, x_t, t = _check_mlp_inputs(params, x_t, t, config, cond)
+    names = list(mlp_denoiser_shapes(config))  # den.W1, den.b1, …
+    with tf.GradientTape() as tape:
+        inputs = tuple(_watched(tape, params[name]) for name in names)
+        eps_pred = _mlp_denoise(tf.constant(x_t), tf.constant(t.astype(np.int64)), dict(zip(names, inputs)),
+                                config.time_dim)  # (B, D)
+    return eps_pred.numpy(), (Cache(tape, inputs, eps_pred), names)
+
+
+def mlp_denoiser_backward(d_eps, cache):
+    """Gradients of every "den.*" parameter from d eps_pred (B, D), from the tape."""
+    recorded, names = cache
+    return dict(zip(names, _gradients(d_eps, recorded)))
+
+
+MLP_DENOISER = Denoiser(init_mlp_denoiser, mlp_denoiser_forward, mlp_denoiser_backward, mlp_denoiser_shapes)
+
+
+# ----------------------------------------------------------------------------------------------
+# The MLP denoiser as a tf.Module: one tf.Variable per scratch parameter
+# ----------------------------------------------------------------------------------------------
+
+
+class MLPDenoiser(tf.Module):
+    """ε_θ(x_t, t) for 2-D data, its weights `params` (name → tf.Variable) in the scratch layout.
+
+    Built from a scratch parameter dict (`to_tf_mlp_denoiser`): the very numbers scratch starts from.
+    """
+
+    def __init__(self, params, config, name="mlp_denoiser"):
+        super().__init__(name=name)
+        self.config = check_mlp_denoiser_config(config)
+        # tf.Module tracks the dict, so these are its variables
+        self.params = {key: tf.Variable(params[key], name=key.replace(".", "_")) for key in mlp_denoiser_shapes(config)}
+
+    def __call__(self, x_t, t, cond=None):
+        """x_t (B, D), t (B,) int64 → ε̂ (B, D); cond must be None (the MLP is unconditional)."""
+        if cond is not None:
+            raise ValueError(f"the MLP denoiser is unconditional: cond must be None, got {type(cond).__name__}")
+        return _mlp_denoise(x_t, t, self.params, self.config.time_dim)
+
+
+def to_tf_mlp_denoiser(params, config):
+    """An MLPDenoiser tf.Module holding copies of `params` (same names, shapes and dtype)."""
+    expected = mlp_denoiser_shapes(config)
+    if set(params) != set(expected):
+        raise ValueError(f"params must have keys {sorted(expected)}, got {sorted(params)}")
+    for name, shape in expected.items():
+        if np.shape(params[name]) != shape:
+            raise ValueError(f"params[{name!r}] must have shape {shape}, got {np.shape(params[name])}")
+    return MLPDenoiser({name: np.array(value) for name, value in params.items()}, config)
+
+
+def from_tf_mlp_denoiser(module):
+    """The scratch parameter dict of an MLPDenoiser tf.Module (the inverse of to_tf_mlp_denoiser)."""
+    return {name: module.params[name].numpy().copy() for name in mlp_denoiser_shapes(module.config)}
