@@ -49,7 +49,12 @@ class Cli:
             self.trainers = __import__(module, fromlist=["TRAINERS"]).TRAINERS
 
     def run(self, argv):
-        return main([str(a) for a in argv], prog=self.prog, implementation=self.implementation, trainers=self.trainers)
+        argv = [str(a) for a in argv]
+        if self.implementation == "torch":  # as python -m ports.torch runs it: on --device, its trainers bound there
+            from ports.torch.distributed import command_line
+
+            return command_line(main, self.trainers, argv)
+        return main(argv, prog=self.prog, implementation=self.implementation, trainers=self.trainers)
 
     def fails(self, argv, capsys, *fragments):
         """Run argv, which must fail as a user's mistake: status 2, one line naming it. Returns the line."""
