@@ -50,7 +50,13 @@ def mlp_for_mixture():
 
 # --data kind → a function returning (Denoiser, its config). The 28×28 digits' U-Net (scratch/unet.py)
 # registers "mnist" here; a denoiser with `cond` gets the batch's labels from load_diffusion_data.
-DENOISERS = {"ring": mlp_for_mixture, "grid": mlp_for_mixture}
+def unet_for_digits():
+    from scratch.guidance import unet_for_digits as unet  # imported here: scratch/guidance.py imports this file
+
+    return unet()
+
+
+DENOISERS = {"ring": mlp_for_mixture, "grid": mlp_for_mixture, "mnist": unet_for_digits}
 
 
 class DiffusionData(NamedTuple):
@@ -188,6 +194,11 @@ def train_diffusion(args, make_trainer=ScratchDiffusionTrainer, make_bar=None):
     ancestral sampling over all T steps) and add their scores to metrics.json's final figures."""
     from scratch.runs import write_metrics
 
+    if args.data == "mnist":  # the U-Net guided by the digit's word: scratch/guidance.py's trainer and DDIM samples
+        from scratch.guidance import GuidedDigitTrainer, train_guided_digits
+
+        return train_guided_digits(args, GuidedDigitTrainer if make_trainer is ScratchDiffusionTrainer else make_trainer,
+                                   make_bar)
     trainer = make_trainer(args.data, args.seed, args.decay_steps, batch_size=args.batch_size, lr=args.lr,
                            dtype=np.dtype(getattr(args, "dtype", "float32")))
     extra = {"overwrite": args.overwrite} if hasattr(args, "overwrite") else {}
