@@ -323,6 +323,19 @@ def test_sample_translate_and_score_refuse_the_wrong_checkpoint_in_one_line(cli,
     cli.fails(["translate", "one", "--checkpoint", broken], capsys, "truncated or corrupt")
     cli.fails(["score", samples, "--classifier", vae], capsys, "not a digit-classifier checkpoint", "a vae run")
     cli.fails(["score", samples, "--classifier", broken], capsys, "truncated or corrupt")
+    cli.fails(["draw", "three", "--checkpoint", vae, "--out", tmp_path / "3.png"], capsys, "not a guided U-Net checkpoint")
+    cli.fails(["draw", "three", "--checkpoint", broken, "--out", tmp_path / "3.png"], capsys, "truncated or corrupt")
+    assert not (tmp_path / "3.png").exists()
+
+
+def test_a_new_model_inherits_the_checks(cli, trained, tmp_path, capsys):
+    """The diffusion model came after these checks; it goes through prepare_out and run_training like the rest."""
+    folder = copy_run(trained, tmp_path)
+    before = snapshot(folder)
+    tiny = ["train", "diffusion", "--data", "ring", "--steps", "2", "--quiet", "--out", folder]
+    cli.fails(tiny, capsys, "already holds a vae run at step 3")
+    cli.fails(tiny + ["--resume"], capsys, "holds a vae run at step 3, not a diffusion checkpoint")
+    assert snapshot(folder) == before
 
 
 # ----------------------------------------------------------------------------------------------
