@@ -1,4 +1,4 @@
-"""python -m scratch train MODEL [--data D] [--steps N] [--seed S] [--out DIR] [--resume]
+"""python -m scratch train MODEL [--data D] [--steps N] [--seed S] [--out DIR] [--resume | --overwrite]
 python -m scratch translate "ninety-seven" [--checkpoint runs/transformer-scratch/checkpoint.npz]
 python -m scratch sample runs/gpt-scratch/checkpoint.npz [--num 20] [--temperature 0.8] [--top-p 0.95] [--prompt Mc]
 python -m scratch score runs/gan-scratch/samples.npy [--classifier CKPT] [--floor]
@@ -11,6 +11,12 @@ with a trained Transformer checkpoint from any implementation; `sample` prints w
 writes (census names by default), one sample a line; `score` prints FID, KID, precision, recall and
 the Inception Score analogue of generated digits against the 1,000 test digits (scratch/scoring.py);
 `draw` writes a PNG of a number's digits, each drawn by the guided diffusion U-Net from its word (scratch/draw.py).
+
+A run never loses a run by mistake: into a folder that holds a checkpoint it refuses, naming the
+run there, unless --resume (continue it) or --overwrite (replace it; the old files stay until the
+new run's first evaluation replaces them). A mistake (that folder, unknown data, a checkpoint
+missing, damaged, of another model, shape or dtype, an --out that is a file) is one line,
+`prog: error: …`, and exit status 2, as argparse's own errors: see main().
 """
 
 import argparse
