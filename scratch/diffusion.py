@@ -67,7 +67,7 @@ def _check_schedule(name, values):
 
 
 def _check_steps(name, t, batch, num_steps, low=0):
-    """t as an int array (B,): an int is every example's step; each must lie in [low, T)."""
+    """t as an int array (B,): an int is every example's step; each must lie in [low, T) (low None: below T)."""
     t = np.asarray(t)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an int or an integer array of shape ({batch},), got dtype {t.dtype} with "
@@ -76,8 +76,9 @@ def _check_steps(name, t, batch, num_steps, low=0):
         t = np.full(batch, int(t))
     if t.shape != (batch,):
         raise ValueError(f"{name} must be an int or have shape ({batch},) (one step per example), got shape {t.shape}")
-    if t.size and (t.min() < low or t.max() >= num_steps):
-        raise ValueError(f"{name} must lie in [{low}, T={num_steps}), got values in [{t.min()}, {t.max()}]")
+    if t.size and ((low is not None and t.min() < low) or t.max() >= num_steps):
+        where = f"[{low}, T={num_steps})" if low is not None else f"(−∞, T={num_steps})"
+        raise ValueError(f"{name} must lie in {where}, got values in [{t.min()}, {t.max()}]")
     return t.astype(np.int64)
 
 
@@ -276,14 +277,14 @@ def ddpm_step(eps_pred, t, x_t, betas, noise):
 
 
 def ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta=0.0, noise=None):
-    """x_{t_prev} from x_t, any t_prev < t (t_prev = −1 is the end, where ᾱ = 1): Eq. 12, Song et al. 2021.
+    """x_{t_prev} from x_t, any t_prev < t (t_prev < 0 is the end, where ᾱ = 1): Eq. 12, Song et al. 2021.
 
         x_{t_prev} = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z,
         σ = η √((1 − ᾱ_prev) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_prev)          (Eq. 16)
 
     x̂_0 is re-noised to the level of t_prev along the noise the network saw. η = 1 with t_prev =
     t − 1 is the DDPM step (σ² = β̃_t); η = 0 is deterministic (`noise` unused), an ODE's Euler
-    step, and then any t_prev ≥ −1 is allowed: t_prev > t runs it backwards (`ddim_invert`).
+    step, and then t_prev > t is allowed too: it runs the step backwards (`ddim_invert`).
     t, t_prev: ints or (B,) arrays. diffusers' DDIMScheduler.step with set_alpha_to_one, no clipping.
     """
     x_t = _check_batch("x_t", x_t)
@@ -292,7 +293,7 @@ def ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta=0.0, noise=None):
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
     t = _check_steps("t", t, len(x_t), len(alphas_cumprod))
-    t_prev = _check_steps("t_prev", t_prev, len(x_t), len(alphas_cumprod), low=-1)
+    t_prev = _check_steps("t_prev", t_prev, len(x_t), len(alphas_cumprod), low=None)  # every t_prev < 0 is the end
     if eta > 0.0:
         if np.any(t_prev >= t):
             i = int(np.argmax(t_prev >= t))

@@ -10,8 +10,9 @@ The mixtures are learned in data units (the grid spans ±4; nothing is scaled in
 the forward process ends at N(0, I) whatever the data's scale, and at unit noise the grid's
 modes, 2 apart, are still far apart compared with their std 0.05 until t is large.
 
-Evaluations record the loss on one fixed evaluation batch and `process_cpu_s` (NumPy's BLAS runs
-on one thread here, as in scratch/train_conv.py, so CPU seconds are the time on an idle core). At
+Evaluations record the loss on one fixed evaluation batch and `process_cpu_s` (`train_diffusion`
+runs NumPy's BLAS on one thread, as scratch/train_conv.py does, so CPU seconds are the time on an
+idle core, whatever else the machine runs). At
 the end, 2,500 points drawn by ancestral sampling over all T steps from fixed noise are scored
 with the PacGAN protocol (scratch/data.py's mode_coverage) and saved as OUT/samples.npy.
 
@@ -127,13 +128,11 @@ class DiffusionTrainer:
 
     def train_step(self, step):
         self.current_step = step  # the schedule's step, for the rate that evaluate() records
-        with single_threaded_blas():
-            return self._step(*self.batch(step, self.batch_size, DATA_SAMPLES))
+        return self._step(*self.batch(step, self.batch_size, DATA_SAMPLES))
 
     def evaluate(self):
-        with single_threaded_blas():
-            x0, t, eps, cond = self.eval_batch
-            loss, _ = Df.eps_loss_forward(self._eps(Df.q_sample(x0, t, eps, self.alphas_cumprod), t, cond), eps)
+        x0, t, eps, cond = self.eval_batch
+        loss, _ = Df.eps_loss_forward(self._eps(Df.q_sample(x0, t, eps, self.alphas_cumprod), t, cond), eps)
         return {"eval_loss": loss, "lr": self.lr_schedule(max(getattr(self, "current_step", 1), 1)),
                 "process_cpu_s": time.process_time()}
 
@@ -141,11 +140,10 @@ class DiffusionTrainer:
         """n samples (n, ...) from fixed evaluation noise x_T: ancestral over all T steps, or DDIM over num_steps."""
         x_T = noise_for_step(0, self.seed, (n, *self.dataset.sample_shape), self.dtype, EVAL_NOISE)  # (n, ...)
         rng = np.random.default_rng([self.seed, SAMPLER_NOISE])
-        with single_threaded_blas():
-            if sampler == "ddpm":
-                return Df.ddpm_sample(self.eps_fn, x_T, self.betas, rng)
-            if sampler == "ddim":
-                return Df.ddim_sample(self.eps_fn, x_T, self.alphas_cumprod, num_steps or self.num_train_steps, eta, rng)
+        if sampler == "ddpm":
+            return Df.ddpm_sample(self.eps_fn, x_T, self.betas, rng)
+        if sampler == "ddim":
+            return Df.ddim_sample(self.eps_fn, x_T, self.alphas_cumprod, num_steps or self.num_train_steps, eta, rng)
         raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
 
     def eps_fn(self, x_t, t):
@@ -202,16 +200,17 @@ def train_diffusion(args, make_trainer=ScratchDiffusionTrainer, make_bar=None):
     trainer = make_trainer(args.data, args.seed, args.decay_steps, batch_size=args.batch_size, lr=args.lr,
                            dtype=np.dtype(getattr(args, "dtype", "float32")))
     extra = {"overwrite": args.overwrite} if hasattr(args, "overwrite") else {}
-    metrics = run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
-                           make_bar=make_bar, **extra)
-    began = time.process_time()
-    if trainer.dataset.x_train is None:
-        samples = trainer.samples()  # (2500, 2), in data units
-        figures = {**score_samples(samples, args.data), "sampler": "ddpm", "sample_steps": trainer.num_train_steps,
-                   "sample_cpu_s": time.process_time() - began}
-    else:  # DESIGN.md: an image run writes 1,000 images (1000, 28, 28) in [0, 1]
-        samples = np.clip((trainer.samples(1000) + 1.0) / 2.0, 0.0, 1.0).reshape(1000, 28, 28)
-        figures = {"sampler": "ddpm", "sample_steps": trainer.num_train_steps, "sample_cpu_s": time.process_time() - began}
+    with single_threaded_blas():  # once for the run: entering it costs milliseconds, a step of the MLP about ten
+        metrics = run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
+                               make_bar=make_bar, **extra)
+        began = time.process_time()
+        if trainer.dataset.x_train is None:
+            samples = trainer.samples()  # (2500, 2), in data units
+            figures = score_samples(samples, args.data)
+        else:  # DESIGN.md: an image run writes 1,000 images (1000, 28, 28) in [0, 1]
+            samples = np.clip((trainer.samples(1000) + 1.0) / 2.0, 0.0, 1.0).reshape(1000, 28, 28)
+            figures = {}
+        figures.update(sampler="ddpm", sample_steps=trainer.num_train_steps, sample_cpu_s=time.process_time() - began)
     _atomic_write(os.path.join(args.out, "samples.npy"), lambda f: np.save(f, samples))
     if metrics["final"] is not None:
         metrics["final"].update(figures)  # the same dict as history[-1]: both record the samples' scores
