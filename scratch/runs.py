@@ -92,6 +92,8 @@ def load_checkpoint(path, model=None, expect=None):
         raise MissingCheckpoint(f"no checkpoint at {path}") from None
     except IsADirectoryError:
         raise RunError(f"{path} is a folder, not a checkpoint .npz") from None
+    except PermissionError:
+        raise RunError(f"{path} cannot be read: permission denied") from None
     except UNREADABLE as error:
         raise RunError(f"{path} is truncated or corrupt, not a checkpoint .npz ({_first_line(error)})") from None
     if isinstance(data, np.ndarray):
@@ -241,10 +243,9 @@ def prepare_out(out_dir, resume=False, overwrite=False, model=None):
 
 def _config_differences(previous, config, limit=4):
     """"z_dim 2 there, 4 here" for the options that differ between two configs (not the implementation)."""
-    differ = [k for k in config if k in previous and k not in ("implementation", "optimizer")
-              and json.loads(json.dumps(config[k], default=_plain)) != previous[k]]
-    text = ", ".join(f"{k} {previous[k]!r} there, {json.loads(json.dumps(config[k], default=_plain))!r} here"
-                     for k in differ[:limit])
+    config = json.loads(json.dumps(config, default=_plain))  # as metrics.json holds it: tuples become lists
+    differ = [k for k in config if k in previous and k not in ("implementation", "optimizer") and config[k] != previous[k]]
+    text = ", ".join(f"{k} {previous[k]!r} there, {config[k]!r} here" for k in differ[:limit])
     return text + (", …" if len(differ) > limit else "")
 
 
