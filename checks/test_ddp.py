@@ -174,7 +174,8 @@ def assert_same_run(expected_out, actual_out, what):
     assert (want_config.pop("world_size"), want_config.pop("device")) == (1, "cpu")
     assert config == want_config, f"{what}: configs differ"
     if os.path.exists(os.path.join(expected_out, "samples.npy")):
-        error = relative_error(np.load(os.path.join(expected_out, "samples.npy")), np.load(os.path.join(actual_out, "samples.npy")))
+        want, got = (np.load(os.path.join(folder, "samples.npy")) for folder in (expected_out, actual_out))
+        error = relative_error(want, got)
         assert error <= TOLERANCE, f"{what}: samples.npy relative error {error:.2e} > {TOLERANCE:.0e}"
 
 

@@ -49,7 +49,8 @@ class TorchVAETrainer(DeviceTrainer, VAETrainer):
     def forward(self, x, eps):
         with torch.no_grad():
             out = self.module(self.tensor(x), self.tensor(eps))
-        return V.VAEOutput(float(out.loss), *(t.cpu().numpy() for t in (out.elbo, out.reconstruction, out.kl)), None, None, None, None)
+        terms = (t.cpu().numpy() for t in (out.elbo, out.reconstruction, out.kl))
+        return V.VAEOutput(float(out.loss), *terms, None, None, None, None)
 
     def _step(self, x, eps):
         x, eps = self.ranks.shard(x, eps)  # this rank's rows of the step's batch and noise (alone: all of them)
