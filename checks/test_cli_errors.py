@@ -46,7 +46,12 @@ class Cli:
         if module is not None:
             os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
             pytest.importorskip(implementation)
-            self.trainers = __import__(module, fromlist=["TRAINERS"]).TRAINERS
+            self.trainers = dict(__import__(module, fromlist=["TRAINERS"]).TRAINERS)
+            if implementation == "torch":  # all that python -m ports.torch passes: the conv and diffusion trainers too
+                from ports.torch.train_conv import CONV_TRAINERS
+                from ports.torch.train_diffusion import DIFFUSION_TRAINERS
+
+                self.trainers.update({**CONV_TRAINERS, **DIFFUSION_TRAINERS})
 
     def run(self, argv):
         argv = [str(a) for a in argv]
@@ -177,6 +182,9 @@ UNKNOWN = {
     "gpt text file": (["train", "gpt", "--data", "text:/no/such/file.txt"], "no such file"),
     "conv transformer": (["train", "transformer", "--arch", "conv"], "--arch conv is for the image models"),
     "conv on digits": (["train", "vae", "--arch", "conv", "--data", "digits"], "--arch conv trains on 28×28 digits"),
+    "pack": (["train", "gan", "--batch-size", "15", "--pack", "2"], "--batch-size 15 must be a multiple of --pack 2"),
+    "conv likelihood": (["train", "vae", "--arch", "conv", "--data", "mnist", "--likelihood", "gaussian"],
+                        "--likelihood bernoulli"),
 }
 
 

@@ -236,7 +236,7 @@ class GANTrainer:
         if kind not in G.GENERATOR_LOSSES:
             raise ValueError(f"kind must be one of {G.GENERATOR_LOSSES}, got {kind!r}")
         if batch_size % config.pack:
-            raise ValueError(f"--batch-size {batch_size} must be a multiple of --pack {config.pack}")
+            raise RunError(f"--batch-size {batch_size} must be a multiple of --pack {config.pack}")
         self.dtype = np.dtype(dtype)
         self.x_train, self.x_test = load_gan_data(data, self.dtype)
         # The networks work in units where the data fits in [-1, 1]: the grid, which spans ±4, is

@@ -23,7 +23,7 @@ from scratch import conv_vae as CV
 from scratch import dcgan as DC
 from scratch import vae as V
 from scratch.optim import Adam, exponential_decay
-from scratch.runs import EVAL_NOISE, _atomic_write, batch_for_step, noise_for_step, run_training
+from scratch.runs import EVAL_NOISE, RunError, _atomic_write, batch_for_step, noise_for_step, run_training
 from scratch.train import (EVAL_SAMPLES, GANTrainer, VAETrainer, evaluate_vae, load_gan_data, load_vae_data,
                            split_optimizer_state)
 
@@ -52,7 +52,7 @@ class DCGANTrainer(GANTrainer):
     def __init__(self, config, data, seed, decay_steps=20000, batch_size=64, lr=2e-4, lr_end=2e-4, disc_steps=1,
                  kind="non_saturating", dtype=np.float32):
         if data != "mnist":
-            raise ValueError(f"the DCGAN (--arch conv) trains on 28×28 images: --data mnist, got {data!r}")
+            raise RunError(f"the DCGAN (--arch conv) trains on 28×28 images: --data mnist, got {data!r}")
         if kind not in ("minimax", "non_saturating"):
             raise ValueError(f"kind must be 'minimax' or 'non_saturating', got {kind!r}")
         self.gan_config, self.data, self.seed, self.decay_steps = config, data, seed, decay_steps
@@ -213,10 +213,10 @@ def conv_vae_samples(params, config, seed, n=1000):
 def train_conv_vae(args, make_trainer=ScratchConvVAETrainer, make_bar=None):
     """Train the conv VAE as the command line asks; write OUT/samples.npy (1000, 28, 28) in [0, 1]."""
     if args.likelihood != "bernoulli":
-        raise ValueError(f"the conv VAE's decoder is Bernoulli: --likelihood bernoulli, got {args.likelihood!r}")
+        raise RunError(f"the conv VAE's decoder is Bernoulli: --likelihood bernoulli, got {args.likelihood!r}")
     x_train, x_test = (x.astype(args.dtype) for x in load_vae_data(args.data))
     if x_train.shape[1] != 784:
-        raise ValueError(f"the conv VAE (--arch conv) takes 28×28 images, got {x_train.shape[1]} pixels (--data {args.data})")
+        raise RunError(f"the conv VAE (--arch conv) takes 28×28 images, got {x_train.shape[1]} pixels (--data {args.data})")
     config = CV.ConvVAEConfig(z_dim=args.z_dim, width=args.width)
     trainer = make_trainer(config, x_train, x_test, args.seed, batch_size=args.batch_size, lr=args.lr)
     metrics = run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
