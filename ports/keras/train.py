@@ -135,7 +135,7 @@ class KerasTransformerTrainer(TransformerTrainer):
     def _build(self, params):
         self.model = to_keras_translator(params, self.model_config, seed=self.seed)
         beta_1, beta_2 = self.BETAS
-        schedule = TransformerSchedule(self.model_config.d_model, self.warmup, self.lr_factor)
+        schedule = TransformerSchedule(self.model_config.d_model, self.warmup, self.lr_factor, self.cooldown, self.total_steps)
         self.model.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=beta_1, beta_2=beta_2, epsilon=self.EPS),
                            label_smoothing=self.label_smoothing)
         ids = tf.TensorSpec((None, None), tf.int64)
