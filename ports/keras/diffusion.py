@@ -244,14 +244,14 @@ def _ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta, noise):
 
 
 def ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta=0.0, noise=None):
-    """x_{t_prev} from x_t (t_prev = −1 is the end, where ᾱ = 1): Eq. 12, Song et al. 2021; η = 0 is deterministic."""
+    """x_{t_prev} from x_t (t_prev < 0 is the end, where ᾱ = 1): Eq. 12, Song et al. 2021; η = 0 is deterministic."""
     x_t = _check_batch("x_t", x_t)
     eps_pred = _check_like("eps_pred", eps_pred, "x_t", x_t)
     alphas_cumprod = _check_schedule("alphas_cumprod", alphas_cumprod)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
     t = _check_steps("t", t, len(x_t), len(alphas_cumprod))
-    t_prev = _check_steps("t_prev", t_prev, len(x_t), len(alphas_cumprod), low=-1)
+    t_prev = _check_steps("t_prev", t_prev, len(x_t), len(alphas_cumprod), low=None)  # every t_prev < 0 is the end
     if eta > 0.0:
         if np.any(t_prev >= t):
             i = int(np.argmax(t_prev >= t))
