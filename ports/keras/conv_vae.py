@@ -43,7 +43,7 @@ from scratch.vae import VAEOutput
 __all__ = [
     "ConvVAEConfig", "parameter_shapes", "init_conv_vae", "encode", "encode_backward", "decode", "decode_backward",
     "conv_vae_forward", "conv_vae_backward", "decoded_means", "Sampling", "ConvVAE", "to_keras_conv_vae",
-    "from_keras_conv_vae",
+    "from_keras_conv_vae", "assign_conv_vae",
 ]
 
 ENCODER = ("enc.W1", "enc.b1", "enc.W2", "enc.b2", "enc.W_mu", "enc.b_mu", "enc.W_lv", "enc.b_lv")
@@ -245,11 +245,16 @@ def to_keras_conv_vae(params, config, seed=None):
         if np.shape(params[name]) != shape:
             raise ValueError(f"params[{name!r}] must have shape {shape}, got shape {np.shape(params[name])}")
     model = ConvVAE(config, dtype=np.asarray(params["enc.W1"]).dtype.name, seed=seed)
+    assign_conv_vae(model, params)
+    return model
+
+
+def assign_conv_vae(model, params):
+    """Copy a scratch parameter dict into a `ConvVAE`'s variables, in place."""
     for w, (layer, conv) in _layers(model).items():
         value = np.asarray(params[w])
         layer.kernel.assign(value.transpose(2, 3, 1, 0) if conv else value)  # PyTorch's layout → Keras's
         layer.bias.assign(params[w.replace(".W", ".b")])
-    return model
 
 
 def from_keras_conv_vae(model):

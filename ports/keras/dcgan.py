@@ -47,7 +47,7 @@ from scratch.validate import check_same_dtype
 __all__ = [
     "DCGANConfig", "parameter_shapes", "init_dcgan", "init_stats", "generator_forward", "generator_backward",
     "discriminator_forward", "discriminator_backward", "update_stats", "discriminator_step", "generator_step",
-    "to_pixels", "from_pixels", "DCGAN", "to_keras_dcgan", "from_keras_dcgan",
+    "to_pixels", "from_pixels", "DCGAN", "to_keras_dcgan", "from_keras_dcgan", "assign_dcgan",
 ]
 
 Q = SIDE // 4  # 7: the side of the smallest maps
@@ -334,12 +334,17 @@ def to_keras_dcgan(params, config, stats=None, **kwargs):
         if np.shape(params[name]) != shape:
             raise ValueError(f"params[{name!r}] must have shape {shape}, got shape {np.shape(params[name])}")
     model = DCGAN(config, dtype=np.asarray(params["gen.W1"]).dtype.name, **kwargs)
+    assign_dcgan(model, params, stats)
+    return model
+
+
+def assign_dcgan(model, params, stats=None):
+    """Copy a scratch parameter dict (and running statistics) into a built `DCGAN`'s variables, in place."""
     arrays = {**params, **(stats or {})}
     for name, (variable, axes) in _layers(model).items():
         if name in arrays:
             value = np.asarray(arrays[name])
             variable.assign(value if axes is None else value.transpose(axes))
-    return model
 
 
 def from_keras_dcgan(model):

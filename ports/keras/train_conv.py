@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from ports.keras.conv_vae import _layers as vae_layers
-from ports.keras.conv_vae import from_keras_conv_vae, to_keras_conv_vae
+from ports.keras.conv_vae import assign_conv_vae, from_keras_conv_vae, to_keras_conv_vae
 from ports.keras.dcgan import _layers as dcgan_layers
-from ports.keras.dcgan import from_keras_dcgan, to_keras_dcgan
+from ports.keras.dcgan import assign_dcgan, from_keras_dcgan, to_keras_dcgan
 from scratch import conv_vae as CV
 from scratch import dcgan as DC
 from scratch import vae as V
@@ -114,8 +114,9 @@ class KerasDCGANTrainer(DCGANTrainer):
         return arrays
 
     def load_state(self, arrays):
-        self._build({name: arrays[name] for name in DC.parameter_shapes(self.gan_config)},
-                    {name: arrays[name] for name in DC.init_stats(self.gan_config)})
+        # into the model built already: its compiled step is kept (a new model would trace it anew, seconds)
+        assign_dcgan(self.model, {name: arrays[name] for name in DC.parameter_shapes(self.gan_config)},
+                     {name: arrays[name] for name in DC.init_stats(self.gan_config)})
         for net, optimizer in self._optimizers():
             load_adam_arrays(optimizer, self._named(net), arrays, f"optim.{net}.")
 
@@ -156,7 +157,7 @@ class KerasConvVAETrainer(ConvVAETrainer):
                 "keras.sampling_seed": np.asarray(self.model.sampling.seed_generator.state.numpy())}
 
     def load_state(self, arrays):
-        self._build({name: arrays[name] for name in CV.parameter_shapes(self.vae_config)})
+        assign_conv_vae(self.model, {name: arrays[name] for name in CV.parameter_shapes(self.vae_config)})
         load_adam_arrays(self.model.optimizer, self._named(), arrays, "optim.")
         if "keras.sampling_seed" in arrays:  # absent in another implementation's checkpoint: the seed's own start
             self.model.sampling.seed_generator.state.assign(arrays["keras.sampling_seed"])

@@ -14,7 +14,6 @@ import tensorflow as tf
 from ports.tensorflow.conv_vae import from_tf_conv_vae, to_tf_conv_vae, train_step
 from ports.tensorflow.dcgan import from_tf_dcgan, to_tf_dcgan
 from ports.tensorflow.optim import Adam
-from scratch import conv_vae as CV
 from scratch import dcgan as DC
 from scratch import vae as V
 from scratch.train import split_optimizer_state
@@ -64,8 +63,9 @@ class TensorFlowDCGANTrainer(DCGANTrainer):
                 **{f"optim.disc.{k}": v for k, v in self.disc_optimizer.state_dict().items()}}
 
     def load_state(self, arrays):
-        self._build({name: arrays[name] for name in DC.parameter_shapes(self.gan_config)},
-                    {name: arrays[name] for name in DC.init_stats(self.gan_config)})
+        # into the variables built already: the compiled steps are kept (new ones would be traced anew, seconds)
+        for name, variable in {**self.gan.params, **self.gan.stats}.items():
+            variable.assign(arrays[name])
         self.gen_optimizer.load_state_dict(split_optimizer_state(arrays, "optim.gen."))
         self.disc_optimizer.load_state_dict(split_optimizer_state(arrays, "optim.disc."))
 
@@ -97,7 +97,8 @@ class TensorFlowConvVAETrainer(ConvVAETrainer):
         return {**from_tf_conv_vae(self.vae), **{f"optim.{k}": v for k, v in self.optimizer.state_dict().items()}}
 
     def load_state(self, arrays):
-        self._build({name: arrays[name] for name in CV.parameter_shapes(self.vae_config)})
+        for name, variable in self.vae.params.items():  # into the variables built already: the compiled step is kept
+            variable.assign(arrays[name])
         self.optimizer.load_state_dict(split_optimizer_state(arrays))
 
 

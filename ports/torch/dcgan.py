@@ -35,7 +35,7 @@ from torch import nn
 
 from ports.torch.attention import _leaf
 from ports.torch.gan import _discriminator_loss, _generator_loss
-from scratch.dcgan import (BATCH_NORMS, DISC_NAMES, GEN_NAMES, SIDE, DCGANConfig, _check_input, from_pixels,
+from scratch.dcgan import (DISC_NAMES, GEN_NAMES, SIDE, DCGANConfig, _check_input, from_pixels,
                            init_dcgan, init_stats, parameter_shapes, to_pixels)
 from scratch.gan import GENERATOR_LOSSES
 from scratch.validate import check_same_dtype

@@ -5,7 +5,14 @@ converted), train on the same batches with the same noise (scratch/runs.py picks
 number) with `torch.optim.Adam`, and save their checkpoints in the scratch layout: parameters,
 batch norm's running statistics (the nn.BatchNorm2d buffers) and Adam's moments. So a torch run
 resumes exactly, a scratch checkpoint loads into it, and a torch checkpoint into scratch.
+
+PyTorch runs on one thread inside these trainers, as NumPy's BLAS does inside scratch's
+(scratch/train_conv.py). Its intra-op threads meet at a barrier after every kernel, and these kernels
+are small: on this two-core machine, busy with other work, 20 steps of the checks' tiny DCGAN took 36 s
+of wall time (12 CPU s) on torch's default two threads and 0.4 s on one.
 """
+
+import contextlib
 
 import numpy as np
 import torch
@@ -22,7 +29,30 @@ from scratch import vae as V
 from scratch.train_conv import EVAL_CHUNK, ConvVAETrainer, DCGANTrainer
 
 
-class TorchDCGANTrainer(DeviceTrainer, DCGANTrainer):
+@contextlib.contextmanager
+def single_threaded_torch():
+    """A context with PyTorch's intra-op parallelism on one thread; the previous count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class OneThread:
+    """Mixed in after DeviceTrainer: the trainer's steps, evaluations and samples run on one torch thread."""
+
+    def train_step(self, step):
+        with single_threaded_torch():
+            return super().train_step(step)
+
+    def evaluate(self):
+        with single_threaded_torch():
+            return super().evaluate()
+
+
+class TorchDCGANTrainer(DeviceTrainer, OneThread, DCGANTrainer):
     """The DCGAN's Generator and Discriminator nn.Modules (ports/torch/dcgan.py), torch.optim.Adam for each
     player, the rate set by hand from the schedule, as ports/torch/train.py's TorchGANTrainer.
 
@@ -53,7 +83,8 @@ class TorchDCGANTrainer(DeviceTrainer, DCGANTrainer):
             module.train()
 
     def generate(self, z):
-        return DC.to_pixels(self._eval(self.generator, z))  # (B, 1, 28, 28) in [0, 1]
+        with single_threaded_torch():
+            return DC.to_pixels(self._eval(self.generator, z))  # (B, 1, 28, 28) in [0, 1]
 
     def discriminate(self, x):
         return self._eval(self.discriminator, DC.from_pixels(x))  # (B,)
@@ -100,7 +131,7 @@ class TorchDCGANTrainer(DeviceTrainer, DCGANTrainer):
         load_adam_state(self.disc_optimizer, self._named("disc"), arrays, "optim.disc.")
 
 
-class TorchConvVAETrainer(DeviceTrainer, ConvVAETrainer):
+class TorchConvVAETrainer(DeviceTrainer, OneThread, ConvVAETrainer):
     """ports/torch/conv_vae.py's ConvVAE nn.Module with torch.optim.Adam."""
 
     IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
