@@ -147,6 +147,11 @@ def generator_forward(z, params, config, stats=None):
     check_same_dtype(z=z, params=params["gen.W1"])
     c, q, training = 2 * config.gen_width, SIDE // 4, stats is None
     layers, norms = {}, {}
+    # BEGIN SOLUTION
+    # HINT: linear (zero bias) → reshape (B, 2g, 7, 7) → batch norm → ReLU → 4×4 transposed conv, stride 2, padding 1 →
+    # HINT: batch norm → ReLU → 4×4 transposed conv, stride 2, padding 1 (with gen.b3) → tanh; each op's cache in
+    # HINT: layers["W1"], ["relu1"], ["W2"], ["relu2"], ["W3"], ["tanh"], each batch norm's (the _batch_norm helper) in
+    # HINT: norms["gen.bn1"], ["gen.bn2"].
     # a linear map of the noise, reshaped into 2g maps of 7×7: the "project and reshape" of the paper's Fig. 1
     h, layers["W1"] = linear_forward(z, params["gen.W1"], np.zeros(c * q * q, dtype=z.dtype))  # (B, 2g·49), no bias
     h = h.reshape(len(z), c, q, q)  # (B, 2g, 7, 7)
@@ -158,6 +163,7 @@ def generator_forward(z, params, config, stats=None):
     h, layers["relu2"] = relu_forward(h)  # (B, g, 14, 14)
     h, layers["W3"] = conv_transpose2d_forward(h, params["gen.W3"], params["gen.b3"], stride=2, padding=1)  # (B, 1, 28, 28)
     x, layers["tanh"] = tanh_forward(h)  # (B, 1, 28, 28), no batch norm on G's output
+    # END SOLUTION
     if not training:
         return x, None
     layers.update({f"bn{i}": norms[f"gen.bn{i}"] for i in (1, 2)})
@@ -169,6 +175,9 @@ def generator_backward(dx, cache):
     if cache is None:
         raise ValueError("generator_backward needs a training-mode forward's cache (stats=None); evaluation mode keeps none")
     layers, grads = cache.layers, {}
+    # BEGIN SOLUTION
+    # HINT: the forward in reverse, each op's backward on its cache in cache.layers ("tanh", "W3", "relu2", "bn2", "W2",
+    # HINT: "relu1", "bn1", "W1"); grads keyed like the parameters ("gen.W3", "gen.bn2.gamma", …).
     # tanh' = 1 − tanh²
     dh = tanh_backward(dx, layers["tanh"])  # (B, 1, 28, 28)
     # the transpose of a transposed convolution is a convolution (scratch/conv.py)
@@ -180,6 +189,7 @@ def generator_backward(dx, cache):
     dh, grads["gen.bn1.gamma"], grads["gen.bn1.beta"] = batch_norm_backward(dh, layers["bn1"])  # (B, 2g, 7, 7)
     # a reshape moves no numbers: its backward is the inverse reshape
     dz, grads["gen.W1"], _ = linear_backward(dh.reshape(len(dh), -1), layers["W1"])  # (B, Z)
+    # END SOLUTION
     return dz, {name: grads[name] for name in GEN_NAMES}
 
 
@@ -194,6 +204,10 @@ def discriminator_forward(x, params, config, stats=None):
     check_same_dtype(x=x, params=params["disc.W1"])
     slope, training = config.slope, stats is None
     layers, norms = {}, {}
+    # BEGIN SOLUTION
+    # HINT: 4×4 conv, stride 2, padding 1 (with disc.b1) → leaky ReLU(slope) → 4×4 conv, stride 2, padding 1 (no bias) →
+    # HINT: batch norm → leaky ReLU(slope) → flatten → linear; each op's cache in layers["W1"], ["lrelu1"], ["W2"],
+    # HINT: ["lrelu2"], ["W3"], the batch norm's (the _batch_norm helper) in norms["disc.bn2"]; logits (B, 1).
     # no batch norm on D's input layer (§3)
     h, layers["W1"] = conv2d_forward(x, params["disc.W1"], params["disc.b1"], stride=2, padding=1)  # (B, d, 14, 14)
     h, layers["lrelu1"] = leaky_relu_forward(h, slope)  # (B, d, 14, 14)
@@ -202,6 +216,7 @@ def discriminator_forward(x, params, config, stats=None):
     h, norms["disc.bn2"] = _batch_norm(h, params, "disc.bn2", stats)  # (B, 2d, 7, 7)
     h, layers["lrelu2"] = leaky_relu_forward(h, slope)  # (B, 2d, 7, 7)
     logits, layers["W3"] = linear_forward(h.reshape(len(h), -1), params["disc.W3"], params["disc.b3"])  # (B, 1)
+    # END SOLUTION
     if not training:
         return logits[:, 0], None
     layers["bn2"] = norms["disc.bn2"]
@@ -213,12 +228,16 @@ def discriminator_backward(dlogits, cache):
     if cache is None:
         raise ValueError("discriminator_backward needs a training-mode forward's cache (stats=None)")
     layers, grads = cache.layers, {}
+    # BEGIN SOLUTION
+    # HINT: the forward in reverse, each op's backward on its cache in cache.layers ("W3", "lrelu2", "bn2", "W2",
+    # HINT: "lrelu1", "W1"); dlogits is (B,), the linear layer's output (B, 1).
     dh, grads["disc.W3"], grads["disc.b3"] = linear_backward(dlogits[:, None], layers["W3"])  # (B, 2d·49)
     dh = leaky_relu_backward(dh.reshape(layers["lrelu2"][0].shape), layers["lrelu2"])  # (B, 2d, 7, 7)
     dh, grads["disc.bn2.gamma"], grads["disc.bn2.beta"] = batch_norm_backward(dh, layers["bn2"])  # (B, 2d, 7, 7)
     dh, grads["disc.W2"], _ = conv2d_backward(dh, layers["W2"])  # (B, d, 14, 14)
     dh = leaky_relu_backward(dh, layers["lrelu1"])  # (B, d, 14, 14)
     dx, grads["disc.W1"], grads["disc.b1"] = conv2d_backward(dh, layers["W1"])  # (B, 1, 28, 28)
+    # END SOLUTION
     return dx, {name: grads[name] for name in DISC_NAMES}
 
 
