@@ -27,6 +27,8 @@ from checks.implementations import require_package
 from checks.tolerances import assert_close
 from scratch import diffusion as Df
 
+pytestmark = pytest.mark.diffusion
+
 WHAT = "diffusers"
 KINDS = {"linear": "linear", "cosine": "squaredcos_cap_v2"}  # ours → diffusers' name
 

@@ -25,6 +25,8 @@ from scratch import diffusion as Df
 from scratch.gradcheck import numerical_gradient, relative_error
 from scratch.transformer import positional_encoding
 
+pytestmark = pytest.mark.diffusion
+
 KINDS = ("linear", "cosine")
 MU, S = 0.5, 0.2  # the Gaussian data N(μ, s²) of the exact-predictor checks
 

@@ -17,6 +17,8 @@ from scratch import runs
 from scratch import train_diffusion as TD
 from scratch.__main__ import main
 
+pytestmark = pytest.mark.diffusion
+
 SMALL = Df.MLPDenoiserConfig(x_dim=2, hidden=(32, 32), time_dim=16)
 
 
