@@ -67,6 +67,18 @@ for r0 in range(0, tq, block_q):
     out[..., r0:r1, :] = o_i / l_i[..., None]
 """
 
+# ddpm_step as Algorithm 2 writes it, with ᾱ_{t−1} = ᾱ[t − 1] unguarded: at t = 0 that is ᾱ[−1], the last ᾱ, so
+# σ_0² = (1 − ᾱ_{T−1}) / (1 − ᾱ_0) · β_0 is not 0 and noise is added to the final sample. Every t > 0 is right.
+_DDPM_NOISE_AT_T0 = """\
+a = np.cumprod(1.0 - betas)  # (T,)
+a_t, beta_t = a[t], betas[t]  # (B,) each
+mean = (x_t - _per_example(beta_t / np.sqrt(1.0 - a_t), x_t) * eps_pred) / _per_example(np.sqrt(1.0 - beta_t), x_t)
+if noise is None:
+    return mean
+variance = (1.0 - a[t - 1]) / (1.0 - a_t) * beta_t  # the bug: ᾱ[−1] at t = 0, where ᾱ_{−1} = 1 belongs
+x_prev = mean + _per_example(np.sqrt(variance), x_t) * noise  # (B, ...)
+"""
+
 BUGS = [
     Bug("softmax without the max shift", "attention", "softmax_forward",
         r"e = x - m  #", "e = x.copy()  #", "holds"),
@@ -260,6 +272,41 @@ BUGS = [
         "keys.append(kv.keys[i])  # the bug\n        values.append(kv.values[i])", "step 1 matched"),
     Bug("cached step embeds every new token at position 0 (the position never advances)", "gpt", "gpt_step",
         r"params\[\"wpe\"\]\[t\]", "params[\"wpe\"][0]", "logits differs"),
+    # diffusion (scratch/diffusion.py) and the guidance mix (scratch/unet.py)
+    Bug("diffusion: q_sample with 1 − ᾱ_t where √(1 − ᾱ_t) belongs (the noise's variance taken for its scale)", "diffusion", "q_sample",
+        r"_per_example\(np\.sqrt\(1\.0 - a\), x0\)", "_per_example(1.0 - a, x0)", "x_t differs"),
+    Bug("diffusion: q_sample with ᾱ indexed at t + 1 (the paper's 1-based t read into a 0-based array)", "diffusion", "q_sample",
+        r"a = alphas_cumprod\[t\]  # \(B,\)", "a = alphas_cumprod[t + 1]  # (B,)", "raised IndexError"),
+    Bug("diffusion: ε loss backward without the 2 of d(ε̂ − ε)²", "diffusion", "eps_loss_backward",
+        r"diff \* \(2\.0 \* float\(dloss\) / diff\.size\)", "diff * (float(dloss) / diff.size)", "deps_pred differs"),
+    Bug("diffusion: DDPM step adds noise at t = 0 (ᾱ_{t−1} read as ᾱ[t − 1], the last ᾱ at t = 0, where ᾱ_{−1} = 1 and σ_0 = 0)",
+        "diffusion", "ddpm_step", "", _DDPM_NOISE_AT_T0, "x_prev differs"),
+    Bug("diffusion: DDPM step with σ_t² = β_t where the contract's β̃_t belongs (diffusers' fixed_large, not fixed_small)",
+        "diffusion", "ddpm_step", r"sigma = np\.where\(t > 0, np\.sqrt\(variance\), 0\.0\)",
+        "sigma = np.where(t > 0, np.sqrt(betas[t]), 0.0)", "x_prev differs"),
+    Bug("diffusion: DDIM step at the end (t_prev < 0) reads ᾱ[t_prev], the last ᾱ, where ᾱ = 1 belongs", "diffusion", "ddim_step",
+        r"a_prev = np\.where\(t_prev >= 0, alphas_cumprod\[np\.maximum\(t_prev, 0\)\], 1\.0\)  # \(B,\)",
+        "a_prev = alphas_cumprod[t_prev]  # (B,)", "x_prev"),  # differs, or NaN: ᾱ_prev < ᾱ_t makes σ² < 0
+    Bug("diffusion: DDIM's σ² with η where η² belongs (Eq. 16)", "diffusion", "ddim_step", r"var = eta \* eta \* ", "var = eta * ",
+        "x_prev differs"),
+    Bug("diffusion: classifier-free guidance with the sign reversed (away from the word, towards ∅)", "unet", "guidance_mix",
+        r"return \(1\.0 - scale\) \* eps_uncond \+ scale \* eps_cond", "return (1.0 + scale) * eps_uncond - scale * eps_cond",
+        "eps differs"),
+    # dcgan (scratch/dcgan.py); its task names carry "dcgan_": gan.py has functions of the same names
+    Bug("DCGAN generator in evaluation mode normalises by the batch's statistics (train mode left on), not the running ones",
+        "dcgan", "dcgan_generator_forward", r'_batch_norm\(h, params, "gen\.bn2", stats\)',
+        '_batch_norm(h, params, "gen.bn2", None)', "x differs"),
+    Bug("DCGAN generator's first transposed convolution with stride 1 (7×7 → 9×9, not 14×14)", "dcgan", "dcgan_generator_forward",
+        r'conv_transpose2d_forward\(h, params\["gen\.W2"\], None, stride=2, padding=1\)',
+        'conv_transpose2d_forward(h, params["gen.W2"], None, stride=1, padding=1)', "x has shape"),
+    Bug("DCGAN generator backward skips the first ReLU's gate", "dcgan", "dcgan_generator_backward",
+        r'dh = relu_backward\(dh, layers\["relu1"\]\)', "pass  # the bug: dh goes through ReLU's gate untouched", "differs"),
+    Bug("DCGAN discriminator with leaky ReLU's default slope 0.01 where config.slope belongs", "dcgan",
+        "dcgan_discriminator_forward", r"leaky_relu_forward\(h, slope\)  # \(B, 2d, 7, 7\)",
+        "leaky_relu_forward(h)  # (B, 2d, 7, 7)", "logits differs"),
+    Bug("DCGAN discriminator backward loses leaky ReLU's slope (a ReLU's gradient, 0 on the negative side)", "dcgan",
+        "dcgan_discriminator_backward", r'dh = leaky_relu_backward\(dh, layers\["lrelu1"\]\)',
+        'dh = relu_backward(dh, layers["lrelu1"][0])', "differs"),
 ]
 
 

@@ -681,11 +681,164 @@ GPT += [Task("gpt_step", "gpt", by_dtype(_gpt_step),
                    carry={"kv": ("return", 1)}), "(logits (B, V), kv)")]
 
 # ----------------------------------------------------------------------------------------------
+# diffusion (scratch/diffusion.py) and classifier-free guidance's mix (scratch/unet.py)
+# ----------------------------------------------------------------------------------------------
+
+
+@st.composite
+def _diffusion_schedule(draw):
+    """β (T,) of the linear or the cosine schedule, T from 1 to 12, float64 as beta_schedule gives it: with T
+    this small, the cosine schedule's last β is its cap 0.999 (ᾱ near 0, x̂_0 amplified), and T = 1 is one step."""
+    from scratch.diffusion import beta_schedule
+
+    return beta_schedule(draw(st.sampled_from(["linear", "cosine"]), label="schedule"), draw(st.integers(1, 12), label="T"))
+
+
+@st.composite
+def _diffusion_batch(draw, dtype, names):
+    """Arrays of one shape (B, ...), B from 1 to 4 with 1 to 3 data axes (a 2-D point, an image (C, H, W)), one per name."""
+    shape = draw(hnp.array_shapes(min_dims=2, max_dims=4, max_side=3), label="shape")
+    return {name: draw(S.floats(dtype, shape), label=name) for name in names}
+
+
+@st.composite
+def _diffusion_steps(draw, batch, num_steps):
+    """t (B,) int in [0, T); one case in two has t = 0 in its first row, the step with no noise."""
+    t = draw(hnp.arrays(np.int64, (batch,), elements=st.integers(0, num_steps - 1)), label="t")
+    if draw(st.booleans(), label="a row at t = 0"):
+        t[0] = 0
+    return t
+
+
+@st.composite
+def _q_sample(draw, dtype):
+    from scratch.diffusion import alpha_bar
+
+    alphas_cumprod = alpha_bar(draw(_diffusion_schedule()))  # (T,) float64
+    case = draw(_diffusion_batch(dtype, ("x0", "eps")))
+    return {**case, "t": draw(_diffusion_steps(len(case["x0"]), len(alphas_cumprod))), "alphas_cumprod": alphas_cumprod}
+
+
+@st.composite
+def _eps_loss(draw, dtype):
+    return {**draw(_diffusion_batch(dtype, ("eps_pred", "eps"))), "dloss": draw(st.sampled_from([1.0, -0.5]) | st.floats(-3, 3),
+                                                                                 label="dloss")}
+
+
+@st.composite
+def _ddpm_step(draw, dtype):
+    """ε̂, x_t and the noise z of one reverse step; every t = 0 may come with noise None (the contract allows it)."""
+    betas = draw(_diffusion_schedule())
+    case = draw(_diffusion_batch(dtype, ("eps_pred", "x_t", "noise")))
+    t = draw(_diffusion_steps(len(case["x_t"]), len(betas)))
+    if not t.any() and draw(st.booleans(), label="noise None"):
+        case["noise"] = None
+    return {**case, "t": t, "betas": betas}
+
+
+@st.composite
+def _ddim_step(draw, dtype):
+    """A DDIM step from t to any t_prev < t, −1 and −2 included (both the end, ᾱ = 1); η 0 (deterministic: noise
+    None or ignored), ½ or 1 (DDPM's σ when t_prev = t − 1)."""
+    from scratch.diffusion import alpha_bar
+
+    alphas_cumprod = alpha_bar(draw(_diffusion_schedule()))
+    case = draw(_diffusion_batch(dtype, ("eps_pred", "x_t", "noise")))
+    t = draw(_diffusion_steps(len(case["x_t"]), len(alphas_cumprod)))
+    t_prev = np.array([draw(st.integers(-2, int(step) - 1), label="t_prev") for step in t], dtype=np.int64)
+    eta = draw(st.sampled_from([0.0, 1.0, 0.5]), label="eta")
+    if eta == 0.0 and draw(st.booleans(), label="noise None"):
+        case["noise"] = None
+    return {**case, "t": t, "t_prev": t_prev, "alphas_cumprod": alphas_cumprod, "eta": eta}
+
+
+@st.composite
+def _guidance(draw, dtype):
+    """ε(x, word) and ε(x, ∅) and a scale: 0 and 1 (the two models themselves), a usual one (3, 7.5), any in [0, 10]."""
+    case = draw(_diffusion_batch(dtype, ("eps_cond", "eps_uncond")))
+    return {**case, "scale": draw(st.sampled_from([3.0, 0.0, 1.0, 7.5]) | st.floats(0.0, 10.0), label="scale")}
+
+
+DIFFUSION = [
+    Task("q_sample", "diffusion", by_dtype(_q_sample), Forward("q_sample", ("x0", "t", "eps", "alphas_cumprod"), {"x_t": ()}),
+         "x_t, shaped like x0"),
+    *pair("diffusion", "eps_loss", by_dtype(_eps_loss), ("eps_pred", "eps"), {"loss": (0,)}, "dloss", {"deps_pred": ()},
+          "d eps_pred, shaped like eps_pred"),
+    Task("ddpm_step", "diffusion", by_dtype(_ddpm_step), Forward("ddpm_step", ("eps_pred", "t", "x_t", "betas", "noise"),
+                                                                 {"x_prev": ()}), "x_{t−1}, shaped like x_t"),
+    Task("ddim_step", "diffusion", by_dtype(_ddim_step),
+         Forward("ddim_step", ("eps_pred", "t", "t_prev", "x_t", "alphas_cumprod", "eta", "noise"), {"x_prev": ()}),
+         "x_{t_prev}, shaped like x_t"),
+]
+UNET = [Task("guidance_mix", "unet", by_dtype(_guidance), Forward("guidance_mix", ("eps_cond", "eps_uncond", "scale"),
+                                                                  {"eps": ()}), "the guided ε, shaped like eps_cond")]
+
+# ----------------------------------------------------------------------------------------------
+# dcgan (scratch/dcgan.py): the two networks, on the conv ops and batch norm
+# ----------------------------------------------------------------------------------------------
+
+
+@st.composite
+def _dcgan(draw, dtype, evaluation=True):
+    """A tiny DCGAN (Z ≤ 3, 1 or 2 channels where the paper has hundreds) on the real 28×28 images, B from 1 to 3,
+    its inputs and upstream gradients drawn from a seed: thousands of numbers, which Hypothesis need not shrink one
+    by one. Weights of scale 1/√fan-in, so that tanh and the logits stay away from saturation; γ near 1. With
+    `evaluation`, one case in two gives running statistics (stats: evaluation mode, the batch's own statistics
+    unused); else stats is None, the training mode whose cache a backward needs."""
+    from scratch.dcgan import BATCH_NORMS, SIDE, DCGANConfig, parameter_shapes
+
+    config = DCGANConfig(z_dim=draw(st.integers(1, 3), label="Z"), gen_width=draw(st.integers(1, 2), label="g"),
+                         disc_width=draw(st.integers(1, 2), label="d"), slope=draw(st.sampled_from([0.2, 0.05]), label="slope"))
+    b = draw(st.integers(1, 3), label="B")
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="seed"))
+    params = {}
+    for name, shape in parameter_shapes(config).items():
+        if name.endswith("gamma"):
+            params[name] = 1.0 + 0.2 * rng.standard_normal(shape)
+        elif len(shape) == 1:  # a bias or a β
+            params[name] = 0.2 * rng.standard_normal(shape)
+        else:  # a transposed conv's output pixel sums C_in · 2 · 2 taps; a conv's C_in · 4 · 4; a linear map's `in`
+            fan_in = shape[0] * 4 if name in ("gen.W2", "gen.W3") else shape[0] if len(shape) == 2 else np.prod(shape[1:])
+            params[name] = rng.standard_normal(shape) / np.sqrt(fan_in)
+    stats = None
+    if evaluation and draw(st.booleans(), label="evaluation mode"):
+        stats = {}
+        for bn in BATCH_NORMS:
+            c = parameter_shapes(config)[f"{bn}.gamma"]
+            stats[f"{bn}.running_mean"] = 0.3 * rng.standard_normal(c)
+            stats[f"{bn}.running_var"] = rng.uniform(0.5, 2.0, c)
+    case = {"z": rng.standard_normal((b, config.z_dim)), "x": rng.uniform(-1.0, 1.0, (b, 1, SIDE, SIDE)),
+            "dx": rng.standard_normal((b, 1, SIDE, SIDE)), "dlogits": rng.standard_normal(b), "params": params, "stats": stats}
+    cast = {k: ({n: a.astype(dtype) for n, a in v.items()} if isinstance(v, dict) else v.astype(dtype)) for k, v in case.items()
+            if v is not None}
+    return {**case, **cast, "config": config}
+
+
+def _dcgan_training(dtype):
+    return _dcgan(dtype, evaluation=False)
+
+
+# Named dcgan_…: gan.py has a generator_forward too, and a name is its task's pytest marker.
+DCGAN = [
+    Task("dcgan_generator_forward", "dcgan", by_dtype(_dcgan),
+         Forward("generator_forward", ("z", "params", "config", "stats"), {"x": (0,)}), "(x, cache)"),
+    Task("dcgan_generator_backward", "dcgan", by_dtype(_dcgan_training),
+         Backward("generator_forward", ("z", "params", "config"), "generator_backward", "dx", {"dz": (0,), "grads": (1,)}),
+         "(dz, grads)"),
+    Task("dcgan_discriminator_forward", "dcgan", by_dtype(_dcgan),
+         Forward("discriminator_forward", ("x", "params", "config", "stats"), {"logits": (0,)}), "(logits, cache)"),
+    Task("dcgan_discriminator_backward", "dcgan", by_dtype(_dcgan_training),
+         Backward("discriminator_forward", ("x", "params", "config"), "discriminator_backward", "dlogits",
+                  {"dx": (0,), "grads": (1,)}), "(dx, grads)"),
+]
+
+# ----------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------
 
 TASKS = {"layers": LAYERS, "attention": ATTENTION, "vae": VAE, "gan": GAN, "transformer": TRANSFORMER, "decoding": DECODING,
-         "optim": OPTIM, "conv": CONV, "flash_attention": FLASH, "metrics": METRICS, "sampling": SAMPLING, "gpt": GPT}
+         "optim": OPTIM, "conv": CONV, "flash_attention": FLASH, "metrics": METRICS, "sampling": SAMPLING, "gpt": GPT,
+         "diffusion": DIFFUSION, "unet": UNET, "dcgan": DCGAN}
 
 # topic → the modules it hands out, in the order a student works through them; the scratch
 # modules these import are handed out too (transformer's decoding brings encoder_decoder, the
@@ -701,6 +854,8 @@ TOPICS = {
     "flash": ("flash_attention",),  # the forward and the backward; attention.py comes along, as flash imports it
     "metrics": ("metrics",),  # FID, KID, precision/recall, the Inception Score: no gradients, plain functions
     "gpt": ("layers", "attention", "transformer", "sampling", "gpt"),  # GELU is in layers; the block needs layer norm
+    "diffusion": ("diffusion", "unet"),  # q_sample, the ε loss, the DDPM and DDIM steps; the guidance mix is in unet.py
+    "dcgan": ("layers", "conv", "gan", "dcgan"),  # the networks on the conv ops and batch norm; the game is gan.py's
 }
 
 
