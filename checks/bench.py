@@ -249,8 +249,14 @@ def bench_gpt_step(args):
     return bench_gpt(args, report, time_interleaved)
 
 
+def bench_diffusion_step(args):
+    from checks.bench_diffusion import bench_diffusion
+
+    return bench_diffusion(args, report)
+
+
 BENCHES = {"attention": bench_attention, "vae": bench_vae_step, "gan": bench_gan_step, "transformer": bench_transformer_step,
-           "conv": bench_conv_step, "gpt": bench_gpt_step, "homework": bench_homework}
+           "conv": bench_conv_step, "gpt": bench_gpt_step, "diffusion": bench_diffusion_step, "homework": bench_homework}
 
 
 def main(argv=None):
