@@ -321,3 +321,33 @@ def test_bad_inputs_get_scratchs_clear_errors(impl, case):
     betas = Df.beta_schedule("linear", 10)
     call, error, fragments = BAD_INPUTS[case]
     assert_clear_error(impl, case, lambda: call(port, Df.alpha_bar(betas), betas), error, fragments)
+
+
+# ----------------------------------------------------------------------------------------------
+# The digit U-Net (scratch/unet.py) in PyTorch: forward and every parameter's gradient
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, **DTYPE_IDS)
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), size=st.sampled_from([4, 8]))
+def test_torch_unet_matches_scratch(dtype, seed, batch, size):
+    """ports/torch/unet.py's nn.Module, fed scratch's weights (perturbed: the zero-initialised convolutions would
+    hide their inputs' gradients), predicts scratch's ε̂ and gives every parameter scratch's hand-written gradient."""
+    from scratch import unet as U
+
+    port = require("torch", "unet")
+    config = U.UNetConfig(channels=(4, 6, 8), emb_dim=6, time_dim=5, groups=2, num_steps=50)
+    rng = np.random.default_rng(seed)
+    params = {k: v + (0.1 * rng.standard_normal(v.shape)).astype(dtype)
+              for k, v in U.init_unet(config, rng, dtype).items()}
+    x_t = rng.standard_normal((batch, 1, size, size)).astype(dtype)
+    t = rng.integers(0, 50, batch)
+    cond = rng.integers(0, U.NULL + 1, batch)  # words and ∅
+    d_eps = rng.standard_normal(x_t.shape).astype(dtype)
+    eps_pred, cache = port.unet_forward(params, x_t, t, config, cond)
+    expected, expected_cache = U.unet_forward(params, x_t, t, config, cond)
+    assert_same("torch", "unet_forward", eps_pred, expected, dtype)
+    assert_same_dict("torch", "unet_backward", port.unet_backward(d_eps, cache), U.unet_backward(d_eps, expected_cache), dtype)
+    back = port.from_torch_unet(port.to_torch_unet(params, config))
+    assert all(np.array_equal(back[k], v) for k, v in params.items()), "torch: the U-Net's weights changed in conversion"
