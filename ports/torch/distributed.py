@@ -1,6 +1,7 @@
 """Past one machine: `--device`, and DistributedDataParallel under torchrun, taking the steps of one process.
 
-Not math: a small layer around the trainers of ports/torch/train.py, whose math lines it leaves alone.
+Not math: a small layer around the trainers of ports/torch (train.py, train_conv.py, train_diffusion.py),
+whose math lines it leaves alone: they call `self.tensor`, `self.ranks.shard` and `self.train_module`.
 
     python -m ports.torch train gpt --device cuda                  one process, one GPU
     torchrun --nproc-per-node 2 -m ports.torch train gpt ...       two processes (ranks), DDP
