@@ -30,7 +30,9 @@ WORD_DROP = 8  # the stream of the rows whose word is dropped to ∅ (train_diff
 CHUNK = 100  # images per forward when sampling or evaluating: bounds the memory the caches take
 EVAL_IMAGES = 500  # the evaluation loss is measured on the first 500 of the fixed evaluation batch
 
-# The default digit run, sized by measurement to train within 10 CPU minutes on one thread
+# The default digit run, sized by measurement to train within 10 CPU minutes on one BLAS thread: a step of 32
+# digits costs ≈ 0.3 CPU s (forward and backward), and 1,500 steps with 3 evaluations took 468 CPU s (seed 0);
+# sampling 1,000 guided digits with 20 DDIM steps costs ≈ 40,000 image-forwards, about 3 CPU minutes more
 DIGIT_RUN = {"steps": 1500, "batch_size": 32, "lr": 2e-3, "p_uncond": 0.2, "guidance": 3.0, "sample_steps": 20}
 DIGIT_UNET = U.UNetConfig(channels=(16, 32, 64), emb_dim=64, time_dim=32, groups=8, num_steps=1000)
 
