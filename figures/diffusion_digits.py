@@ -65,7 +65,9 @@ def _model(full, run_dir):
         with open(os.path.join(run_dir, "metrics.json")) as f:
             metrics = json.load(f)
         cpu = metrics["final"].get("process_cpu_s")
-        return params, config, alphas_cumprod, f"the run in {run_dir} ({metrics['steps']} steps)", cpu
+        steps, seed = metrics["steps"], metrics["seed"]
+        what = "the default run" if steps == G.DIGIT_RUN["steps"] else "a run"
+        return params, config, alphas_cumprod, f"{what} of {steps} steps (seed {seed}, reused)", cpu
     steps = G.DIGIT_RUN["steps"] if full else QUICK["steps"]
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         params, cpu = pool.submit(_train, steps).result()
