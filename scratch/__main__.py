@@ -30,9 +30,8 @@ DEFAULTS = {
     "vae": {"data": "digits", "steps": 3000, "batch_size": 128, "lr": 1e-3, "z_dim": 2},
     "gan": {"data": "ring", "lr": 1e-3, "lr_end": 1e-5},  # steps and batch size: scratch.train.GAN_RUNS, by data set
     # --lr scales the paper's warm-up schedule (scratch/translation.py)
-    # cooldown: the last 1,500 steps' rate falls linearly to 0 (scratch/translation.py's cooldown_factor); 0 = the paper's
-    "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 1.0, "layers": 2, "warmup": 400,
-                    "cooldown": 1500},
+    # and over the last quarter of the steps (--cooldown, default) the rate falls linearly to 0 (cooldown_factor)
+    "transformer": {"data": "numbers", "steps": 6000, "batch_size": 64, "lr": 1.0, "layers": 2, "warmup": 400},
     # the issue's calibration: 3 pre-norm layers of width 64, 4 heads, 4,000 AdamW steps of 64, one cycle
     "gpt": {"data": "names", "steps": 4000, "batch_size": 64, "lr": 1e-2, "layers": 3, "warmup": 200},
     # the digit classifier whose features every score uses (scratch/scoring.py): 24 epochs of shifted digits
@@ -103,7 +102,7 @@ def build_parser(prog, implementation):
     tr.add_argument("--max-len", type=int, default=32, help="longest sequence the model takes, special tokens included")
     tr.add_argument("--warmup", type=int, help="warm-up steps of the learning-rate schedule (default 400; gpt 200)")
     tr.add_argument("--cooldown", type=int, help="transformer: over its last this many steps before --decay-steps the "
-                    "rate falls linearly to 0 (default 1500); 0 keeps the paper's schedule as it is")
+                    "rate falls linearly to 0 (default: a quarter of --decay-steps, 1500 of 6000); 0 keeps the paper's schedule")
     tr.add_argument("--label-smoothing", type=float, default=0.1)
     tr.add_argument("--dropout", type=float, default=0.0)
     tr.add_argument("--norm-first", action="store_true", help="pre-norm layers (default: post-norm, as the paper)")
@@ -284,6 +283,8 @@ def run_command(argv=None, prog="python -m scratch", implementation="scratch", t
         args.decay_steps = previous_config(args.out).get("decay_steps", args.steps) if args.resume else args.steps
     if args.steps < 1 or args.eval_every < 1 or args.batch_size < 1:
         raise SystemExit("--steps, --eval-every and --batch-size must be positive")
+    if args.model == "transformer" and args.cooldown is None:  # the last quarter: 1,500 of the default 6,000 steps
+        args.cooldown = previous_config(args.out).get("cooldown", args.decay_steps // 4) if args.resume else args.decay_steps // 4
     if args.model == "transformer" and not 0 <= args.cooldown <= args.decay_steps:
         raise SystemExit(f"--cooldown {args.cooldown} must lie in [0, --decay-steps = {args.decay_steps}] (which is "
                          f"--steps unless given): the rate reaches 0 at step --decay-steps")

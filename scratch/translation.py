@@ -222,7 +222,7 @@ def train_transformer(args, make_trainer=ScratchTransformerTrainer, make_bar=Non
     config = transformer_config_from_args(args, data)
     trainer = make_trainer(config, data, args.seed, batch_size=args.batch_size, warmup=args.warmup,
                            lr_factor=args.lr, label_smoothing=args.label_smoothing, dtype=np.dtype(args.dtype),
-                           cooldown=getattr(args, "cooldown", 0), total_steps=args.decay_steps)
+                           cooldown=getattr(args, "cooldown", 0), total_steps=getattr(args, "decay_steps", args.steps))
     return run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
                         overwrite=getattr(args, "overwrite", False), make_bar=make_bar)
 
