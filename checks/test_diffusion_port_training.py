@@ -123,3 +123,13 @@ def test_checkpoints_resume_across_implementations(impl, tmp_path):
                 assert_close(resumed[name], value, impl=impl, what=f"{name} after 10 steps in {first} and 10 in {then}")
             else:  # Adam's step count, run.step, run.model
                 assert np.array_equal(resumed[name], value), f"{impl}: {name} is {resumed[name]} after {first} then {then}"
+
+
+@pytest.mark.parametrize("impl", PORTS)
+def test_the_digits_are_refused_in_one_line(impl):
+    """--data mnist is the guided U-Net of scratch/guidance.py: a port trainer says so (a RunError, the command
+    line's one-line error) instead of failing inside scratch's guided trainer."""
+    with pytest.raises(runs.RunError) as raised:
+        trainer_class(impl)("mnist", 0, decay_steps=10, batch_size=8, lr=1e-3, p_uncond=0.2, dtype=np.float32)
+    for fragment in ("--data mnist", "ring, grid", "python -m scratch train diffusion --data mnist"):
+        assert fragment in str(raised.value), f"{impl}: the refusal should mention {fragment!r}; it says {raised.value}"

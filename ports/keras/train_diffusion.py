@@ -25,6 +25,7 @@ from keras import ops
 from ports.keras.diffusion import DenoisingDiffusion, from_keras_mlp_denoiser, parameter_map, to_keras_mlp_denoiser
 from scratch import diffusion as Df
 from scratch.optim import warmup_cosine
+from scratch.runs import RunError
 from scratch.train_diffusion import DiffusionTrainer
 
 # The denoisers this port has: the scratch Denoiser → (to a Keras model, back to the scratch layout, the variable map)
@@ -81,6 +82,12 @@ class KerasDiffusionTrainer(DiffusionTrainer):
     """
 
     IMPLEMENTATION, OPTIMIZER = "keras", "keras.optimizers.Adam (Algorithm 1's ε)"
+
+    def __init__(self, data, *args, **kwargs):
+        if data == "mnist":  # scratch/train_diffusion.py hands the digits to scratch/guidance.py's guided trainer
+            raise RunError("--data mnist: the Keras diffusion trainer has the mixtures' MLP (--data ring, grid); "
+                           "the word-guided digit U-Net trains in scratch: python -m scratch train diffusion --data mnist")
+        super().__init__(data, *args, **kwargs)
 
     def _converters(self):
         if self.denoiser not in KERAS_DENOISERS:

@@ -14,6 +14,7 @@ from ports.tensorflow.diffusion import _eps_loss, _q_sample, from_tf_mlp_denoise
 from ports.tensorflow.optim import Adam
 from scratch import diffusion as Df
 from scratch.train import split_optimizer_state
+from scratch.runs import RunError
 from scratch.train_diffusion import DiffusionTrainer
 
 # The denoisers this port has: the scratch Denoiser → (to a tf.Module, back to the scratch layout)
@@ -24,6 +25,12 @@ class TensorFlowDiffusionTrainer(DiffusionTrainer):
     """ports/tensorflow/diffusion.py's MLPDenoiser with a tf.function-compiled step and ports/tensorflow/optim.py's Adam."""
 
     IMPLEMENTATION, OPTIMIZER = "tensorflow", "adam (ports/tensorflow/optim.py)"
+
+    def __init__(self, data, *args, **kwargs):
+        if data == "mnist":  # scratch/train_diffusion.py hands the digits to scratch/guidance.py's guided trainer
+            raise RunError("--data mnist: the TensorFlow diffusion trainer has the mixtures' MLP (--data ring, grid); "
+                           "the word-guided digit U-Net trains in scratch: python -m scratch train diffusion --data mnist")
+        super().__init__(data, *args, **kwargs)
 
     def _converters(self):
         if self.denoiser not in TF_DENOISERS:

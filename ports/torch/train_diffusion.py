@@ -15,6 +15,7 @@ from ports.torch.diffusion import _eps_loss, _q_sample, from_torch_mlp_denoiser,
 from ports.torch.distributed import DeviceTrainer
 from ports.torch.train import adam_state, load_adam_state
 from scratch import diffusion as Df
+from scratch.runs import RunError
 from scratch.train_diffusion import DiffusionTrainer
 
 # The denoisers this port has: the scratch Denoiser → (to torch, from torch, the parameter map)
@@ -30,6 +31,13 @@ class TorchDiffusionTrainer(DeviceTrainer, DiffusionTrainer):
     """
 
     IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
+
+    def __init__(self, data, *args, **kwargs):
+        if data == "mnist":  # scratch/train_diffusion.py hands the digits to scratch/guidance.py's guided trainer
+            raise RunError("--data mnist: the PyTorch diffusion trainer has the mixtures' MLP (--data ring, grid); "
+                           "the word-guided digit U-Net trains in scratch: python -m scratch train diffusion --data mnist"
+                           "; its nn.Module is ports/torch/unet.py")
+        super().__init__(data, *args, **kwargs)
 
     def _converters(self):
         if self.denoiser not in TORCH_DENOISERS:
