@@ -12,8 +12,9 @@ so neither trajectory is scratch's to the last digit:
 Checkpoints are in the scratch layout, Adam's state included: Keras's Adam keeps the same moments m and v
 as scratch's (only the step's ε differs), so its iterations and moments are written as "optim…t",
 "optim…m.<name>" and "optim…v.<name>" (convolution kernels transposed back to scratch's layout), and a Keras
-checkpoint resumes in scratch, PyTorch or TensorFlow, and theirs in Keras. The Sampling layer's seed state goes
-beside them, as "keras.sampling_seed", so a Keras run resumes exactly.
+checkpoint resumes in scratch, PyTorch or TensorFlow, and theirs in Keras. The Sampling layer's seed generator
+starts each step at the state (seed, step), so its noise too is a function of the step number alone, and a
+Keras run resumes exactly from a checkpoint that holds nothing but scratch's arrays.
 """
 
 import keras
@@ -132,14 +133,19 @@ class KerasConvVAETrainer(ConvVAETrainer):
         self.model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.lr, epsilon=1e-8))
         self.model.optimizer.build(self.model.trainable_variables)
         self._train_step = tf.function(lambda x: self.model.train_step((x,)), autograph=False)
-        self._elbo = tf.function(lambda x, eps: self.model(x, eps=eps)[1:4], reduce_retracing=True, autograph=False)
 
     def forward(self, x, eps):
         """VAEOutput of NumPy arrays (elbo, reconstruction, kl) at the given ε, EVAL_CHUNK images at a time."""
-        fields = [[np.asarray(t) for t in self._elbo(tf.constant(x[i:i + EVAL_CHUNK]), tf.constant(eps[i:i + EVAL_CHUNK]))]
+        # eagerly: a compiled forward would be traced once per chunk size, which costs more than it saves here
+        fields = [[np.asarray(t) for t in self.model(x[i:i + EVAL_CHUNK], eps=eps[i:i + EVAL_CHUNK])[1:4]]
                   for i in range(0, len(x), EVAL_CHUNK)]
         elbo, reconstruction, kl = (np.concatenate(f) for f in zip(*fields))
         return V.VAEOutput(-float(np.mean(elbo)), elbo, reconstruction, kl, None, None, None, None)
+
+    def train_step(self, step):
+        # the Sampling layer's keras.random draws start from (seed, step): the step's noise, whatever ran before
+        self.model.sampling.seed_generator.state.assign(np.array([self.seed, step], dtype=np.int64))
+        return super().train_step(step)
 
     def _step(self, x, eps):
         # eps is not used: the model's Sampling layer draws the noise, as it does under fit
@@ -153,14 +159,11 @@ class KerasConvVAETrainer(ConvVAETrainer):
         return named
 
     def state(self):
-        return {**from_keras_conv_vae(self.model), **adam_arrays(self.model.optimizer, self._named(), "optim."),
-                "keras.sampling_seed": np.asarray(self.model.sampling.seed_generator.state.numpy())}
+        return {**from_keras_conv_vae(self.model), **adam_arrays(self.model.optimizer, self._named(), "optim.")}
 
     def load_state(self, arrays):
         assign_conv_vae(self.model, {name: arrays[name] for name in CV.parameter_shapes(self.vae_config)})
         load_adam_arrays(self.model.optimizer, self._named(), arrays, "optim.")
-        if "keras.sampling_seed" in arrays:  # absent in another implementation's checkpoint: the seed's own start
-            self.model.sampling.seed_generator.state.assign(arrays["keras.sampling_seed"])
 
 
 CONV_TRAINERS = {"gan:conv": KerasDCGANTrainer, "vae:conv": KerasConvVAETrainer}

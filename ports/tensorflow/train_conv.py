@@ -80,12 +80,11 @@ class TensorFlowConvVAETrainer(ConvVAETrainer):
         self.vae = to_tf_conv_vae(params, self.vae_config)
         self.optimizer = Adam(self.vae.params, lr=self.lr)
         self._compiled_step = tf.function(lambda x, eps: train_step(self.vae, x, eps, self.optimizer), autograph=False)
-        self._compiled_elbo = tf.function(lambda x, eps: self.vae.elbo(x, eps)[1:4], reduce_retracing=True,
-                                          autograph=False)
 
     def forward(self, x, eps):
         """VAEOutput of NumPy arrays (elbo, reconstruction, kl), EVAL_CHUNK images at a time."""
-        fields = [[t.numpy() for t in self._compiled_elbo(tf.constant(x[i:i + EVAL_CHUNK]), tf.constant(eps[i:i + EVAL_CHUNK]))]
+        # eagerly: a compiled forward would be traced once per chunk size, which costs more than it saves here
+        fields = [[t.numpy() for t in self.vae.elbo(tf.constant(x[i:i + EVAL_CHUNK]), tf.constant(eps[i:i + EVAL_CHUNK]))[1:4]]
                   for i in range(0, len(x), EVAL_CHUNK)]
         elbo, reconstruction, kl = (np.concatenate(f) for f in zip(*fields))
         return V.VAEOutput(-float(np.mean(elbo)), elbo, reconstruction, kl, None, None, None, None)
