@@ -17,7 +17,8 @@ step, either ancestral (`ddpm_step`, σ_t² = β̃_t) or DDIM's (`ddim_step`, an
 Why the simple loss is right: the ELBO of Ho et al. (Eq. 5) is
     −log p_θ(x_0) ≤ E_q[ L_T + Σ_{t>0} L_{t−1} + L_0 ],  L_{t−1} = KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)),
 a KL between two Gaussians of the same fixed variance σ_t², so L_{t−1} = ‖μ̃_t − μ_θ‖² / (2σ_t²) + const.
-Write μ_θ in the same form as μ̃_t with ε_θ in place of ε: μ = (x_t − β_t/√(1 − ᾱ_t) ε) / √α_t. Then
+Written with the noise ε that made x_t, μ̃_t = (x_t − β_t/√(1 − ᾱ_t) ε) / √α_t; give μ_θ the same form
+with ε_θ(x_t, t) in place of ε (Eq. 11). Then
     L_{t−1} = β_t² / (2σ_t² α_t (1 − ᾱ_t)) · ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖² + const      (Eq. 12)
 Every term of the bound is a weighted ε-prediction error. Dropping the weights (Eq. 14) keeps a
 bound's minimiser, the exact ε = E[ε | x_t] at every t (the weights only say which t matter
