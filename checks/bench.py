@@ -249,6 +249,18 @@ def bench_gpt_step(args):
     return bench_gpt(args, report, time_interleaved)
 
 
+def bench_dcgan_step(args):
+    from checks.bench_dcgan import bench_dcgan
+
+    return bench_dcgan(args, report)
+
+
+def bench_conv_vae_step(args):
+    from checks.bench_dcgan import bench_conv_vae
+
+    return bench_conv_vae(args, report)
+
+
 def bench_diffusion_step(args):
     from checks.bench_diffusion import bench_diffusion
 
@@ -256,7 +268,8 @@ def bench_diffusion_step(args):
 
 
 BENCHES = {"attention": bench_attention, "vae": bench_vae_step, "gan": bench_gan_step, "transformer": bench_transformer_step,
-           "conv": bench_conv_step, "gpt": bench_gpt_step, "diffusion": bench_diffusion_step, "homework": bench_homework}
+           "conv": bench_conv_step, "gpt": bench_gpt_step, "diffusion": bench_diffusion_step, "homework": bench_homework,
+           "dcgan": bench_dcgan_step, "conv_vae": bench_conv_vae_step}
 
 
 def main(argv=None):
