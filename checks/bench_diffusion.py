@@ -106,7 +106,8 @@ def unet_group(rng, dtype):
         convs += [(c_out, c_in, 9, pixels), (c_out, c_out, 9, pixels)] + ([(c_out, c_in, 1, pixels)] if c_in != c_out else [])
     flops = 2.0 * 3 * batch * sum(a * b * k * n for a, b, k, n in convs)
     count = f"3 × 2·B·Σ C_out·C_in·k²·pixels over the convolutions = {flops / 1e6:.0f} MFLOP"
-    title = f"diffusion U-Net training step (q_sample, ε loss, Adam)  B={batch} channels={config.channels} 28×28 {np.dtype(dtype).name}"
+    title = (f"diffusion U-Net training step (q_sample, ε loss, Adam)  B={batch} channels={config.channels} 28×28 "
+             f"{np.dtype(dtype).name}")
     return title, count, {"scratch": (scratch_step, flops), "torch": (torch_step, flops)}, "torch", 1.5
 
 

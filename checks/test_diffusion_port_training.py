@@ -74,7 +74,8 @@ def scratch_run():
 def test_port_training_trajectory_equals_scratch(impl):
     expected = scratch_run()
     assert expected["after"] < 0.95 * expected["before"], \
-        f"scratch did not learn in {STEPS} steps (eval loss {expected['before']:.4f} → {expected['after']:.4f}): the check would prove nothing"
+        (f"scratch did not learn in {STEPS} steps (eval loss {expected['before']:.4f} → {expected['after']:.4f}): "
+         f"the check would prove nothing")
     port = make(impl)
     actual = np.array([port.train_step(step) for step in range(1, STEPS + 1)])
     assert_close(actual, expected["losses"], impl=impl, what=f"losses of {STEPS} Adam steps (float64)")

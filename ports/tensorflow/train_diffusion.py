@@ -13,8 +13,8 @@ import tensorflow as tf
 from ports.tensorflow.diffusion import _eps_loss, _q_sample, from_tf_mlp_denoiser, to_tf_mlp_denoiser
 from ports.tensorflow.optim import Adam
 from scratch import diffusion as Df
-from scratch.train import split_optimizer_state
 from scratch.runs import RunError
+from scratch.train import split_optimizer_state
 from scratch.train_diffusion import DiffusionTrainer
 
 # The denoisers this port has: the scratch Denoiser → (to a tf.Module, back to the scratch layout)

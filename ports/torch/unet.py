@@ -57,7 +57,8 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(1, c1, 3, padding=1)
         self.down1, self.down2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.Conv2d(c2, c3, 3, stride=2, padding=1)
         self.to_full = nn.Conv2d(c2, c1, 1)
-        self.blocks = nn.ModuleDict({name: ResBlock(c_in, c_out, e, g) for name, (c_in, c_out) in block_channels(config).items()})
+        self.blocks = nn.ModuleDict({name: ResBlock(c_in, c_out, e, g)
+                                     for name, (c_in, c_out) in block_channels(config).items()})
         self.norm_out, self.conv_out = nn.GroupNorm(g, c1, eps=1e-5), nn.Conv2d(c1, 1, 3, padding=1)
 
     def forward(self, x_t, t, cond=None):
