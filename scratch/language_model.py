@@ -10,7 +10,6 @@ batch is right-padded with <pad>, whose targets the loss ignores, so each charac
 counts once: the held-out loss is in nats per character, the end of each example included.
 """
 
-import contextlib
 import functools
 import json
 from typing import NamedTuple
@@ -20,7 +19,7 @@ import numpy as np
 from scratch import data as D
 from scratch import gpt as G
 from scratch.optim import AdamW, warmup_cosine
-from scratch.runs import RunError, batch_for_step, checkpoint_model, describe_checkpoint, load_checkpoint, run_training
+from scratch.runs import RunError, batch_for_step, blas_threads, checkpoint_model, describe_checkpoint, load_checkpoint, run_training
 from scratch.transformer import cross_entropy_forward
 
 PAD, BOUNDARY = "<pad>", "<|endoftext|>"
@@ -278,12 +277,7 @@ def train_gpt(args, make_trainer=ScratchGPTTrainer, make_bar=None):
     trainer = make_trainer(config, data, args.seed, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            decay_steps=args.decay_steps, weight_decay=args.weight_decay, dtype=np.dtype(args.dtype))
     bigram = bigram_nll(data.train_ids, data.test_ids, len(data.vocab))
-    limit = contextlib.nullcontext()
-    if trainer.BLAS_THREADS is not None:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-
-        limit = threadpool_limits(limits=trainer.BLAS_THREADS, user_api="blas")
-    with limit:
+    with blas_threads(trainer.BLAS_THREADS):
         return run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
                             overwrite=getattr(args, "overwrite", False), make_bar=make_bar,
                             describe=lambda: {"bigram_nats_per_char": bigram})

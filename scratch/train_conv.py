@@ -13,7 +13,6 @@ Every evaluation records `process_cpu_s`, the CPU seconds the process has used s
 BLAS thread that is the wall time the run takes on an idle core, whatever else the machine runs.
 """
 
-import contextlib
 import os
 import time
 
@@ -23,7 +22,7 @@ from scratch import conv_vae as CV
 from scratch import dcgan as DC
 from scratch import vae as V
 from scratch.optim import Adam, exponential_decay
-from scratch.runs import EVAL_NOISE, RunError, _atomic_write, batch_for_step, noise_for_step, run_training
+from scratch.runs import EVAL_NOISE, RunError, _atomic_write, batch_for_step, blas_threads, noise_for_step, run_training
 from scratch.train import (EVAL_SAMPLES, GANTrainer, VAETrainer, evaluate_vae, load_gan_data, load_vae_data,
                            split_optimizer_state)
 
@@ -31,12 +30,8 @@ IMAGE_SHAPE = (1, 28, 28)
 
 
 def single_threaded_blas():
-    """A context with NumPy's BLAS on one thread (threadpoolctl comes with scikit-learn, a dependency)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    """A context with NumPy's BLAS on one thread (scratch/runs.py's blas_threads)."""
+    return blas_threads(1)
 
 
 # ----------------------------------------------------------------------------------------------

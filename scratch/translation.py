@@ -17,7 +17,7 @@ from scratch import encoder_decoder as M
 from scratch import text as X
 from scratch.decoding import beam_search, greedy_decode
 from scratch.optim import Adam, transformer_schedule
-from scratch.runs import RunError, checkpoint_model, describe_checkpoint, load_checkpoint, run_training
+from scratch.runs import RunError, blas_threads, checkpoint_model, describe_checkpoint, load_checkpoint, run_training
 from scratch.transformer import cross_entropy_backward, cross_entropy_forward
 
 DROPOUT_STREAM = 5  # the dropout masks of step s come from default_rng([seed, 5, s])
@@ -83,6 +83,7 @@ class TransformerTrainer:
 
     IMPLEMENTATION = OPTIMIZER = None
     BETAS, EPS = (0.9, 0.98), 1e-9
+    BLAS_THREADS = None  # an int: NumPy's BLAS threads while train_transformer runs (scratch/runs.py's blas_threads)
 
     def __init__(self, config, data, seed, batch_size=64, warmup=400, lr_factor=1.0, label_smoothing=0.1,
                  dtype=np.float32, eval_size=None, cooldown=0, total_steps=None):
@@ -179,6 +180,7 @@ class ScratchTransformerTrainer(TransformerTrainer):
     """The NumPy Transformer, its backward written by hand, with scratch/optim.py's Adam."""
 
     IMPLEMENTATION, OPTIMIZER = "scratch", "adam"
+    BLAS_THREADS = 1  # products of at most (64·32, 256) @ (256, 64): one thread each, both cores through scratch/threads.py
 
     def _build(self, params):
         self.params = params
@@ -223,8 +225,9 @@ def train_transformer(args, make_trainer=ScratchTransformerTrainer, make_bar=Non
     trainer = make_trainer(config, data, args.seed, batch_size=args.batch_size, warmup=args.warmup,
                            lr_factor=args.lr, label_smoothing=args.label_smoothing, dtype=np.dtype(args.dtype),
                            cooldown=getattr(args, "cooldown", 0), total_steps=getattr(args, "decay_steps", args.steps))
-    return run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
-                        overwrite=getattr(args, "overwrite", False), make_bar=make_bar)
+    with blas_threads(trainer.BLAS_THREADS):
+        return run_training(trainer, args.out, args.steps, args.seed, args.eval_every, resume=args.resume,
+                            overwrite=getattr(args, "overwrite", False), make_bar=make_bar)
 
 
 # ----------------------------------------------------------------------------------------------
