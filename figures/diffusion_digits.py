@@ -113,7 +113,7 @@ def render(out_dir, full=False, run_dir=None, per_word=None, sample_steps=None):
     twin.plot(xs, [sweep[s][1]["fid"] for s in xs], "k--", alpha=0.6, label="FID (right)")
     twin.set_ylabel("FID (classifier features; lower is better)", fontsize=9)
     lines = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
-    ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], fontsize=8, loc="center right")
+    ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], fontsize=8, loc="upper left")
     ax.set_title(f"the trade-off, {10 * per_word} images per scale", fontsize=10)
     cpu_text = f"; training {cpu:.0f} CPU s" if cpu is not None else ""
     fig.suptitle(f"Classifier-free guidance, ε̃ = ε(x, ∅) + s·(ε(x, word) − ε(x, ∅)): the NumPy U-Net after {trained}"
