@@ -248,6 +248,12 @@ def run_command(argv=None, prog="python -m scratch", implementation="scratch", t
         arch = "-conv" if getattr(args, "arch", "mlp") == "conv" else ""  # the DCGAN's run beside the MLP GAN's
         args.out = f"runs/{args.model}{arch}-{implementation}"
     conv = getattr(args, "arch", "mlp") == "conv"
+    if args.model == "diffusion" and args.data == "mnist":  # the guided U-Net's run (scratch/guidance.py), sized by measurement
+        from scratch.guidance import DIGIT_RUN
+
+        for name in ("steps", "batch_size", "lr"):
+            if getattr(args, name, None) is None:
+                setattr(args, name, DIGIT_RUN[name])
     if conv and args.model not in CONV_DEFAULTS:
         raise SystemExit(f"--arch conv is for the image models ({', '.join(CONV_DEFAULTS)}), got {args.model}")
     for defaults in ((CONV_DEFAULTS[args.model],) if conv else ()) + (DEFAULTS[args.model],):
