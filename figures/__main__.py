@@ -24,6 +24,8 @@ FIGURES = [
     "vae",
     "gan",
     "dcgan",
+    "diffusion",
+    "diffusion_digits",
     "transformer",
     "gpt",
 ]
@@ -37,6 +39,30 @@ def _format(value):
     return str(value)
 
 
+def _met(value, target, op):
+    return value >= target if op == ">=" else value <= target
+
+
+def print_targets(rows):
+    """The headline figures beside their targets, met or missed: does this machine reproduce the README?
+
+    A module lists them under numbers["targets"] as (what, value, target, ">=" or "<=") tuples; a short
+    protocol's figure carries "(short run)" in its name, as the README's tables give the long one's."""
+    targets = [t for _, _, numbers in rows if isinstance(numbers, dict) for t in numbers.get("targets", ())]
+    if not targets:
+        return 0
+    print("\nTargets (the README's headline numbers; a MISSED line is worth a look)")
+    width = max(len(what) for what, *_ in targets)
+    missed = 0
+    for what, value, target, op in targets:
+        ok = _met(value, target, op)
+        missed += not ok
+        print(f"  {what.ljust(width)}  {_format(float(value)):>8} {'≥' if op == '>=' else '≤'} {_format(float(target)):<8}"
+              f"  {'met' if ok else 'MISSED'}")
+    print(f"  {len(targets) - missed} of {len(targets)} met")
+    return missed
+
+
 def print_summary(rows, out_dir):
     """rows: (name, seconds, numbers dict or error string); a "file" entry names the PNG written."""
     print(f"\nSummary (figures written to {out_dir})")
@@ -48,6 +74,7 @@ def print_summary(rows, out_dir):
             file, lines = "-", [f"FAILED: {numbers}"]
         else:
             numbers = dict(numbers)
+            numbers.pop("targets", None)  # printed at the end, all together (print_targets)
             file = numbers.pop("file", "(printed table)")
             lines = [f"{key} = {_format(value)}" for key, value in numbers.items()] or [""]
         print(f"  {name.ljust(width)}  {seconds:6.1f}s  {file:<22}  {lines[0]}")
@@ -79,6 +106,7 @@ def main(argv=None):
         rows.append((name, time.perf_counter() - t0, numbers))
     print_summary(rows, args.out)
     print(f"\nTotal {time.perf_counter() - start:.1f}s")
+    print_targets(rows)
     return 1 if failed else 0
 
 

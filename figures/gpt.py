@@ -146,4 +146,6 @@ def render(out_dir, full=False):
           f"{seconds:.0f}s of training")
     return {"file": "gpt_*.png", "bigram_nats_per_char": round(bigram, 3),
             "gpt_nats_per_char": round(final["test_nats_per_char"], 3), "new_share": round(final["new_share"], 3),
-            "train_seconds": round(seconds, 1), **{f"new_share {k}": round(v, 3) for k, v in shares.items()}}
+            "train_seconds": round(seconds, 1), **{f"new_share {k}": round(v, 3) for k, v in shares.items()},
+            "targets": [("gpt: nats/char below the bigram's", bigram - final["test_nats_per_char"], 0.35, ">="),
+                        ("gpt: share of samples new", final["new_share"], 0.85, ">=")]}

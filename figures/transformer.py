@@ -181,4 +181,6 @@ def render(out_dir, full=False):
               f"{final['test_loss']:>13.4f} {seconds:>8.0f}s")
         numbers.update({f"{impl}_exact_match": round(final["exact_match"], 2), f"{impl}_chrf": round(final["chrf"], 2),
                         f"{impl}_train_seconds": seconds})
+    numbers["targets"] = [(f"translator exact match %, {impl}", results[impl][0][-1]["exact_match"], 99.0, ">=")
+                          for impl in results]
     return numbers
