@@ -17,6 +17,8 @@ from scratch.__main__ import main
 from scratch.draw import parse_number
 from scratch.runs import load_checkpoint, run_training
 
+pytestmark = pytest.mark.diffusion
+
 TINY = U.UNetConfig(channels=(4, 4, 6), emb_dim=6, time_dim=4, groups=2, num_steps=10)
 
 

@@ -11,6 +11,8 @@ from checks.strategies import DTYPES, attention_cases
 from scratch import attention as A
 from scratch import threads as T
 
+pytestmark = pytest.mark.attention
+
 
 def run_plain(case, threads):
     out, cache = A.scaled_dot_product_attention_forward(case.q, case.k, case.v, case.mask, threads=threads)

@@ -9,6 +9,8 @@ from checks.tolerances import GRADCHECK_RTOL, assert_clear_error, assert_close
 from scratch import unet as U
 from scratch.gradcheck import relative_error
 
+pytestmark = pytest.mark.diffusion
+
 # Small enough for central differences in a second: 8×8 images (8 → 4 → 2), a handful of channels.
 TINY = U.UNetConfig(channels=(4, 4, 6), emb_dim=6, time_dim=4, groups=2, num_steps=10)
 
