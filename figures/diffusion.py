@@ -28,8 +28,8 @@ from scratch.train_conv import single_threaded_blas  # noqa: E402
 from scratch.train_diffusion import SAMPLER_NOISE, ScratchDiffusionTrainer  # noqa: E402
 
 NAME = "diffusion"
-QUICK_STEPS, FULL_STEPS = {"ring": 3000, "grid": 6000}, 20000  # the grid needs longer to close its bridges
-QUICK_POINTS, FULL_POINTS = 1000, 2500  # the protocol scores 2,500; the short run draws fewer to stay quick
+QUICK_STEPS, FULL_STEPS = {"ring": 3000, "grid": 5000}, 20000  # the grid needs longer to close its bridges
+QUICK_POINTS, FULL_POINTS = 500, 2500  # the protocol scores 2,500; the short run draws fewer to stay quick
 SHOWN_T = (999, 600, 300, 100, 30, 0)  # the reverse process, as x_t after the step that reaches t
 FORWARD_T = (0, 50, 100, 250, 500, 999)
 
