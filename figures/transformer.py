@@ -25,7 +25,9 @@ from scratch.translation import ScratchTransformerTrainer, load_translation_data
 NAME = "transformer"
 # The command line's defaults (scratch/__main__.py): D = 64, 4 heads, F = 256, 2 + 2 layers
 EVAL_ALONG_THE_WAY = 500
-RUN = {"steps": 6000, "eval_every": 500, "batch_size": 64, "warmup": 400, "lr_factor": 1.0, "label_smoothing": 0.1}
+# the command line's defaults, the cool-down included (the last quarter of the steps falls linearly to a rate of 0)
+RUN = {"steps": 6000, "eval_every": 1000, "batch_size": 64, "warmup": 400, "lr_factor": 1.0, "label_smoothing": 0.1,
+       "cooldown": 1500}
 
 
 def model_config(data):
@@ -51,7 +53,7 @@ def train(impl, steps=RUN["steps"], eval_every=RUN["eval_every"], seed=0):
     run = {k: v for k, v in RUN.items() if k not in ("steps", "eval_every")}
     history, seconds = [], 0.0
     with threadpool_limits(limits=1, user_api="blas"):  # one core each: the two run side by side
-        trainer = make(model_config(data), data, seed, dtype=np.float32, **run)
+        trainer = make(model_config(data), data, seed, dtype=np.float32, total_steps=steps, **run)
         losses = []
         for step in range(1, steps + 1):
             start = time.perf_counter()
