@@ -277,17 +277,8 @@ def ddpm_step(eps_pred, t, x_t, betas, noise):
     return x_prev
 
 
-def ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta=0.0, noise=None):
-    """x_{t_prev} from x_t, any t_prev < t (t_prev < 0 is the end, where ᾱ = 1): Eq. 12, Song et al. 2021.
-
-        x_{t_prev} = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z,
-        σ = η √((1 − ᾱ_prev) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_prev)          (Eq. 16)
-
-    x̂_0 is re-noised to the level of t_prev along the noise the network saw. η = 1 with t_prev =
-    t − 1 is the DDPM step (σ² = β̃_t); η = 0 is deterministic (`noise` unused), an ODE's Euler
-    step, and then t_prev > t is allowed too: it runs the step backwards (`ddim_invert`).
-    t, t_prev: ints or (B,) arrays. diffusers' DDIMScheduler.step with set_alpha_to_one, no clipping.
-    """
+def check_ddim_inputs(eps_pred, t, t_prev, x_t, alphas_cumprod, eta, noise):
+    """ddim_step's input checks, shared with the ports: (eps_pred, t, t_prev, x_t, alphas_cumprod, noise) as arrays."""
     x_t = _check_batch("x_t", x_t)
     eps_pred = _check_like("eps_pred", eps_pred, "x_t", x_t)
     alphas_cumprod = _check_schedule("alphas_cumprod", alphas_cumprod)
@@ -303,6 +294,21 @@ def ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta=0.0, noise=None):
         if noise is None:
             raise ValueError(f"noise must be an array of x_t's shape {x_t.shape} when eta > 0, got None")
         noise = _check_like("noise", noise, "x_t", x_t)
+    return eps_pred, t, t_prev, x_t, alphas_cumprod, noise
+
+
+def ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta=0.0, noise=None):
+    """x_{t_prev} from x_t, any t_prev < t (t_prev < 0 is the end, where ᾱ = 1): Eq. 12, Song et al. 2021.
+
+        x_{t_prev} = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z,
+        σ = η √((1 − ᾱ_prev) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_prev)          (Eq. 16)
+
+    x̂_0 is re-noised to the level of t_prev along the noise the network saw. η = 1 with t_prev =
+    t − 1 is the DDPM step (σ² = β̃_t); η = 0 is deterministic (`noise` unused), an ODE's Euler
+    step, and then t_prev > t is allowed too: it runs the step backwards (`ddim_invert`).
+    t, t_prev: ints or (B,) arrays. diffusers' DDIMScheduler.step with set_alpha_to_one, no clipping.
+    """
+    eps_pred, t, t_prev, x_t, alphas_cumprod, noise = check_ddim_inputs(eps_pred, t, t_prev, x_t, alphas_cumprod, eta, noise)
     # BEGIN SOLUTION
     # HINT: ᾱ_prev = 1 where t_prev < 0; η = 0 leaves no noise term at all.
     a_t = alphas_cumprod[t]  # (B,)
@@ -323,17 +329,19 @@ def ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta=0.0, noise=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def ddpm_sample(eps_fn, x_T, betas, rng):
+def ddpm_sample(eps_fn, x_T, betas, rng, step_fn=None):
     """Ancestral sampling (Algorithm 2): x_{T−1} = x_T given (B, ...), then every step T−1 … 0 → x_0.
 
     rng (a np.random.Generator) draws each step's z in x_T's dtype; x_T is usually N(0, I) too.
+    step_fn: the step the loop calls (default ddpm_step; a port passes its own, the loop is the same).
     """
+    step_fn = step_fn or ddpm_step
     x = _check_batch("x_T", x_T)
     betas = _check_schedule("betas", betas)
     for step in range(len(betas) - 1, -1, -1):
         t = np.full(len(x), step)  # (B,)
         noise = rng.standard_normal(x.shape).astype(x.dtype) if step > 0 else None  # (B, ...)
-        x = ddpm_step(eps_fn(x, t), t, x, betas, noise)  # (B, ...)
+        x = step_fn(eps_fn(x, t), t, x, betas, noise)  # (B, ...)
     return x
 
 
@@ -345,8 +353,10 @@ def ddim_timesteps(num_train_steps, num_steps):
     return np.arange(num_steps)[::-1] * (num_train_steps // num_steps)  # (n,)
 
 
-def ddim_sample(eps_fn, x_T, alphas_cumprod, num_steps, eta=0.0, rng=None):
-    """DDIM over n = num_steps of the T steps (ddim_timesteps), x_T (B, ...) → x_0; rng needed when eta > 0."""
+def ddim_sample(eps_fn, x_T, alphas_cumprod, num_steps, eta=0.0, rng=None, step_fn=None):
+    """DDIM over n = num_steps of the T steps (ddim_timesteps), x_T (B, ...) → x_0; rng needed when eta > 0.
+    step_fn: the step the loop calls (default ddim_step; a port passes its own)."""
+    step_fn = step_fn or ddim_step
     x = _check_batch("x_T", x_T)
     alphas_cumprod = _check_schedule("alphas_cumprod", alphas_cumprod)
     if eta > 0.0 and rng is None:
@@ -355,7 +365,7 @@ def ddim_sample(eps_fn, x_T, alphas_cumprod, num_steps, eta=0.0, rng=None):
     for step, prev in zip(steps, list(steps[1:]) + [-1]):
         t = np.full(len(x), step)  # (B,)
         noise = rng.standard_normal(x.shape).astype(x.dtype) if eta > 0.0 else None  # (B, ...)
-        x = ddim_step(eps_fn(x, t), t, np.full(len(x), prev), x, alphas_cumprod, eta, noise)  # (B, ...)
+        x = step_fn(eps_fn(x, t), t, np.full(len(x), prev), x, alphas_cumprod, eta, noise)  # (B, ...)
     return x
 
 

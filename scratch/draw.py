@@ -93,19 +93,30 @@ def draw_number(number, params, config, alphas_cumprod, scale, num_steps, seed):
 
 
 def save_strip(images, path, zoom=4, gap=2):
-    """images (k, H, W) in [0, 1] side by side, `gap` black columns apart, each pixel zoom × zoom, as a grey PNG."""
-    import matplotlib
+    """images (k, H, W) in [0, 1] side by side, `gap` black columns apart, each pixel zoom × zoom, as a grey PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The PNG is written with the standard library (zlib, struct): one 8-bit grey channel, each row led by
+    filter byte 0, chunks of length, type, data and CRC-32, so scratch needs nothing beyond NumPy.
+    """
+    import struct
+    import zlib
 
     k, h, w = images.shape
     strip = np.zeros((h, k * w + (k - 1) * gap))  # (H, k·W + gaps)
     for i, image in enumerate(images):
         strip[:, i * (w + gap):i * (w + gap) + w] = image
     strip = strip.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    pixels = np.round(np.clip(strip, 0.0, 1.0) * 255.0).astype(np.uint8)  # (H·zoom, W'·zoom)
+    raw = np.concatenate([np.zeros((len(pixels), 1), np.uint8), pixels], axis=1).tobytes()  # filter 0 per row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 0, 0, 0, 0)  # width, height, 8-bit grey
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    plt.imsave(path, strip, cmap="gray", vmin=0.0, vmax=1.0)
+    with open(path, "wb") as f:
+        f.write(png)
 
 
 def run_draw(args):

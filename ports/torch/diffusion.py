@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ports.torch.attention import Cache, _gradients, _leaf
-from scratch.diffusion import (SCHEDULES, Denoiser, MLPDenoiserConfig, Posterior, _check_batch, _check_int,
+from scratch import diffusion as D
+from scratch.diffusion import (SCHEDULES, check_ddim_inputs, Denoiser, MLPDenoiserConfig, Posterior, _check_batch, _check_int,
                                _check_like, _check_schedule, _check_steps, check_mlp_denoiser_config, ddim_timesteps,
                                init_mlp_denoiser, mlp_denoiser_shapes)
 from scratch.validate import as_float_array
@@ -238,48 +239,22 @@ def _ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta, noise):
 
 def ddim_step(eps_pred, t, t_prev, x_t, alphas_cumprod, eta=0.0, noise=None):
     """x_{t_prev} from x_t (t_prev < 0 is the end, where ᾱ = 1): Eq. 12, Song et al. 2021; η = 0 is deterministic."""
-    x_t = _check_batch("x_t", x_t)
-    eps_pred = _check_like("eps_pred", eps_pred, "x_t", x_t)
-    alphas_cumprod = _check_schedule("alphas_cumprod", alphas_cumprod)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-    t = _check_steps("t", t, len(x_t), len(alphas_cumprod))
-    t_prev = _check_steps("t_prev", t_prev, len(x_t), len(alphas_cumprod), low=None)  # every t_prev < 0 is the end
-    if eta > 0.0:
-        if np.any(t_prev >= t):
-            i = int(np.argmax(t_prev >= t))
-            raise ValueError(f"t_prev must be < t when eta > 0 (a step towards the data), got t_prev {t_prev[i]} at "
-                             f"t {t[i]} (example {i})")
-        if noise is None:
-            raise ValueError(f"noise must be an array of x_t's shape {x_t.shape} when eta > 0, got None")
-        noise = _tensor(_check_like("noise", noise, "x_t", x_t))
+    eps_pred, t, t_prev, x_t, alphas_cumprod, noise = check_ddim_inputs(eps_pred, t, t_prev, x_t, alphas_cumprod, eta, noise)
+    noise = None if noise is None else _tensor(noise)
     return _ddim_step(_tensor(eps_pred), _tensor(t), _tensor(t_prev), _tensor(x_t), _tensor(alphas_cumprod),
                       float(eta), noise).numpy()
 
 
 def ddpm_sample(eps_fn, x_T, betas, rng):
-    """Ancestral sampling (Algorithm 2) from x_T (B, ...) over every step; rng draws each z as scratch's does."""
-    x = _check_batch("x_T", x_T)
-    betas = _check_schedule("betas", betas)
-    for step in range(len(betas) - 1, -1, -1):
-        t = np.full(len(x), step)  # (B,)
-        noise = rng.standard_normal(x.shape).astype(x.dtype) if step > 0 else None  # (B, ...)
-        x = ddpm_step(eps_fn(x, t), t, x, betas, noise)  # (B, ...)
-    return x
+    """Ancestral sampling (Algorithm 2) from x_T (B, ...) over every step; rng draws each z as scratch's does.
+    The loop is scratch's (scratch/diffusion.py), calling this port's ddpm_step."""
+    return D.ddpm_sample(eps_fn, x_T, betas, rng, step_fn=ddpm_step)
 
 
 def ddim_sample(eps_fn, x_T, alphas_cumprod, num_steps, eta=0.0, rng=None):
-    """DDIM over n = num_steps of the T steps (ddim_timesteps), x_T (B, ...) → x_0; rng needed when eta > 0."""
-    x = _check_batch("x_T", x_T)
-    alphas_cumprod = _check_schedule("alphas_cumprod", alphas_cumprod)
-    if eta > 0.0 and rng is None:
-        raise ValueError("rng must be a np.random.Generator when eta > 0 (the steps draw noise), got None")
-    steps = ddim_timesteps(len(alphas_cumprod), num_steps)
-    for step, prev in zip(steps, list(steps[1:]) + [-1]):
-        t = np.full(len(x), step)  # (B,)
-        noise = rng.standard_normal(x.shape).astype(x.dtype) if eta > 0.0 else None  # (B, ...)
-        x = ddim_step(eps_fn(x, t), t, np.full(len(x), prev), x, alphas_cumprod, eta, noise)  # (B, ...)
-    return x
+    """DDIM over n = num_steps of the T steps (ddim_timesteps), x_T (B, ...) → x_0; rng needed when eta > 0.
+    The loop is scratch's, calling this port's ddim_step."""
+    return D.ddim_sample(eps_fn, x_T, alphas_cumprod, num_steps, eta, rng, step_fn=ddim_step)
 
 
 # ----------------------------------------------------------------------------------------------
