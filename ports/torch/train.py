@@ -98,7 +98,44 @@ def load_adam_state(optimizer, named, arrays, prefix):
                               "exp_avg_sq": v.T.contiguous() if transposed else v}
 
 
-class TorchGANTrainer(DeviceTrainer, GANTrainer):
+class TorchGANSteps:
+    """The two players' steps of the seed's §5.1 loop, shared by TorchGANTrainer and the DCGAN's trainer
+    (ports/torch/train_conv.py): each sets its Adam's rate by hand from the schedule, takes this rank's
+    rows, and reports the losses summed over the ranks. Mixed in first; the trainer supplies generator,
+    discriminator, their train_ wrappers, the two optimizers, tensor, ranks and kind."""
+
+    def _set_lr(self, optimizer):
+        for group in optimizer.param_groups:
+            group["lr"] = self.schedule(self.current_step)
+
+    def _disc_step(self, x_real, z):
+        x_real, z = self.ranks.shard(x_real, z)  # this rank's rows (alone: all of them)
+        self._set_lr(self.disc_optimizer)
+        with torch.no_grad():
+            x_fake = self.generator(self.tensor(z))  # (B, ...): G's samples are inputs here
+        self.disc_optimizer.zero_grad()
+        # real and fake batches through D separately (batch norm never mixes them), in scratch's order
+        loss = _discriminator_loss(self.train_discriminator(self.tensor(x_real)), self.train_discriminator(x_fake))
+        loss.backward()
+        self.disc_optimizer.step()
+        return float(loss.detach())
+
+    def _gen_step(self, z):
+        z = self.ranks.shard(z)
+        self._set_lr(self.gen_optimizer)
+        self.gen_optimizer.zero_grad()
+        loss = _generator_loss(self.train_discriminator(self.train_generator(self.tensor(z))), self.kind)
+        loss.backward()  # also fills D's .grad, which the next _disc_step zeroes before use
+        self.gen_optimizer.step()
+        return float(loss.detach())
+
+    def train_step(self, step):
+        loss = super().train_step(step)
+        self.last_losses = tuple(self.ranks.total(value) for value in self.last_losses)  # over the ranks
+        return loss
+
+
+class TorchGANTrainer(TorchGANSteps, DeviceTrainer, GANTrainer):
     """The seed's §5.1 training loop: torch.optim.Adam for each player, the schedule set by hand."""
 
     IMPLEMENTATION, OPTIMIZER = "torch", "torch.optim.Adam"
@@ -123,35 +160,6 @@ class TorchGANTrainer(DeviceTrainer, GANTrainer):
     def discriminate(self, x):
         with torch.no_grad():
             return self.discriminator(self.tensor(x)).cpu().numpy()
-
-    def _set_lr(self, optimizer):
-        for group in optimizer.param_groups:
-            group["lr"] = self.schedule(self.current_step)
-
-    def _disc_step(self, x_real, z):
-        x_real, z = self.ranks.shard(x_real, z)  # this rank's rows (alone: all of them)
-        self._set_lr(self.disc_optimizer)
-        with torch.no_grad():
-            x_fake = self.generator(self.tensor(z))  # (B, D): G's samples are inputs here
-        self.disc_optimizer.zero_grad()
-        loss = _discriminator_loss(self.train_discriminator(self.tensor(x_real)), self.train_discriminator(x_fake))
-        loss.backward()
-        self.disc_optimizer.step()
-        return float(loss.detach())
-
-    def _gen_step(self, z):
-        z = self.ranks.shard(z)
-        self._set_lr(self.gen_optimizer)
-        self.gen_optimizer.zero_grad()
-        loss = _generator_loss(self.train_discriminator(self.train_generator(self.tensor(z))), self.kind)
-        loss.backward()  # also fills D's .grad, which the next _disc_step zeroes before use
-        self.gen_optimizer.step()
-        return float(loss.detach())
-
-    def train_step(self, step):
-        loss = super().train_step(step)
-        self.last_losses = tuple(self.ranks.total(value) for value in self.last_losses)  # over the ranks
-        return loss
 
     def state(self):
         return {**from_torch_gan(self.on_cpu(self.generator), self.on_cpu(self.discriminator)),

@@ -21,8 +21,7 @@ from ports.torch.conv_vae import from_torch_conv_vae, to_torch_conv_vae
 from ports.torch.conv_vae import parameter_map as vae_parameter_map
 from ports.torch.distributed import DeviceTrainer
 from ports.torch.dcgan import from_torch_dcgan, parameter_map, to_torch_dcgan
-from ports.torch.gan import _discriminator_loss, _generator_loss
-from ports.torch.train import adam_state, load_adam_state
+from ports.torch.train import TorchGANSteps, adam_state, load_adam_state
 from scratch import conv_vae as CV
 from scratch import dcgan as DC
 from scratch import vae as V
@@ -52,7 +51,7 @@ class OneThread:
             return super().evaluate()
 
 
-class TorchDCGANTrainer(DeviceTrainer, OneThread, DCGANTrainer):
+class TorchDCGANTrainer(TorchGANSteps, DeviceTrainer, OneThread, DCGANTrainer):
     """The DCGAN's Generator and Discriminator nn.Modules (ports/torch/dcgan.py), torch.optim.Adam for each
     player, the rate set by hand from the schedule, as ports/torch/train.py's TorchGANTrainer.
 
@@ -88,36 +87,6 @@ class TorchDCGANTrainer(DeviceTrainer, OneThread, DCGANTrainer):
 
     def discriminate(self, x):
         return self._eval(self.discriminator, DC.from_pixels(x))  # (B,)
-
-    def _set_lr(self, optimizer):
-        for group in optimizer.param_groups:
-            group["lr"] = self.schedule(self.current_step)
-
-    def _disc_step(self, x_real, z):
-        x_real, z = self.ranks.shard(x_real, z)  # this rank's rows (alone: all of them)
-        self._set_lr(self.disc_optimizer)
-        with torch.no_grad():
-            x_fake = self.generator(self.tensor(z))  # (B, 1, 28, 28): G's samples are inputs here
-        self.disc_optimizer.zero_grad()
-        # real and fake batches through D separately (batch norm never mixes them), in scratch's order
-        loss = _discriminator_loss(self.train_discriminator(self.tensor(x_real)), self.train_discriminator(x_fake))
-        loss.backward()
-        self.disc_optimizer.step()
-        return float(loss.detach())
-
-    def _gen_step(self, z):
-        z = self.ranks.shard(z)
-        self._set_lr(self.gen_optimizer)
-        self.gen_optimizer.zero_grad()
-        loss = _generator_loss(self.train_discriminator(self.train_generator(self.tensor(z))), self.kind)
-        loss.backward()  # also fills D's .grad, which the next _disc_step zeroes before use
-        self.gen_optimizer.step()
-        return float(loss.detach())
-
-    def train_step(self, step):
-        loss = super().train_step(step)
-        self.last_losses = tuple(self.ranks.total(value) for value in self.last_losses)  # over the ranks
-        return loss
 
     def state(self):
         params, stats = from_torch_dcgan(self.on_cpu(self.generator), self.on_cpu(self.discriminator))
