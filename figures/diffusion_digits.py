@@ -7,10 +7,12 @@
 
 The default protocol is SHORT: QUICK["steps"] training steps (about two CPU minutes), 20 digits per word
 and 10 DDIM steps per scale; its digits are rough and its scores are on 200 images, not the README's 1,000.
-`--full` trains the command line's default run (`python -m scratch train diffusion --data mnist`) and
-scores 1,000 images per scale; `render(out_dir, run_dir=DIR)` reuses the checkpoint of a run already made,
-and its sweep when scratch/guidance.py's write_sweep saved one there.
-Training runs in a spawned process on one BLAS thread, as scratch/guidance.py's trainer does.
+`--full` trains the command line's default run (`python -m scratch train diffusion --data mnist`) on seeds
+0, 1 and 2; the figures are seed 0's, 1,000 images per scale. Seeds 1 and 2 are scored at the headline setting
+only (samples.npy's: s = 3, DDIM 20 steps, as many images), and a table prints each seed's word accuracy, FID,
+KID, precision, recall and IS, the mean and the range. `render(out_dir, run_dir=DIR)` reuses the checkpoint of
+a run already made (and trains no other seed), and its sweep when scratch/guidance.py's write_sweep saved one there.
+Training runs in spawned processes, two at a time, each on one BLAS thread, as scratch/guidance.py's trainer does.
 """
 
 import time
@@ -26,20 +28,37 @@ NAME = "diffusion_digits"
 SCALES = (0.0, 1.0, 3.0, 6.0)
 QUICK = {"steps": 300, "per_word": 20, "sample_steps": 10}
 COLUMNS = 8  # digits shown per word and scale
+SEEDS_FULL = (0, 1, 2)  # --full trains the default run on these; the figures are seed 0's
+HEADLINE = ("word_accuracy", "fid", "kid", "precision", "recall", "inception_score")  # the README's samples.npy row
 NUMBERS = ("three hundred and twelve", "forty-two", "one thousand nine hundred and eighty-four", "seven")
 
 
-def _train(steps):
+def _train(steps, seed=0):
     """Train the default guided U-Net for `steps` steps (rate decaying over them); return (params, CPU seconds)."""
     from scratch import guidance as G
     from scratch.train_conv import single_threaded_blas
 
-    trainer = G.GuidedDigitTrainer("mnist", 0, decay_steps=steps)
+    trainer = G.GuidedDigitTrainer("mnist", seed, decay_steps=steps)
     began = time.process_time()
     with single_threaded_blas():
         for step in range(1, steps + 1):
             trainer.train_step(step)
     return trainer.params, time.process_time() - began
+
+
+def _seed_scores(steps, seed, per_word, sample_steps):
+    """Train `seed` as _train does and score its headline setting: DIGIT_RUN's guidance, DDIM over sample_steps,
+    per_word images a word from the seed's own x_T, as samples.npy is drawn. Returns (scores, training CPU seconds)."""
+    from scratch import diffusion as Df
+    from scratch import guidance as G
+    from scratch.train_conv import single_threaded_blas
+
+    params, cpu = _train(steps, seed)
+    alphas_cumprod = Df.alpha_bar(Df.beta_schedule("linear", G.DIGIT_UNET.num_steps))
+    scale = G.DIGIT_RUN["guidance"]
+    with single_threaded_blas():
+        sweep = G.guidance_sweep(params, G.DIGIT_UNET, alphas_cumprod, seed, (scale,), per_word, sample_steps)
+    return sweep[scale][1], cpu
 
 
 def _tiles(images, cols):
@@ -51,8 +70,10 @@ def _tiles(images, cols):
     return canvas
 
 
-def _model(full, run_dir):
-    """(params, config, alphas_cumprod, description, training CPU seconds or None)."""
+def _model(full, run_dir, pool, headline):
+    """(params, config, alphas_cumprod, description, training CPU seconds or None) of seed 0, trained in `pool`,
+    and {seed: future of _seed_scores} of the seeds that --full trains there beside it; headline: (per_word,
+    sample_steps) of their scores."""
     from scratch import diffusion as Df
     from scratch import guidance as G
     from scratch.draw import load_guided_model
@@ -67,13 +88,15 @@ def _model(full, run_dir):
         cpu = metrics["final"].get("process_cpu_s")
         steps, seed = metrics["steps"], metrics["seed"]
         what = "the default run" if steps == G.DIGIT_RUN["steps"] else "a run"
-        return params, config, alphas_cumprod, f"{what} of {steps} steps (seed {seed}, reused)", cpu
+        return (params, config, alphas_cumprod, f"{what} of {steps} steps (seed {seed}, reused)", cpu), {}
     steps = G.DIGIT_RUN["steps"] if full else QUICK["steps"]
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        params, cpu = pool.submit(_train, steps).result()
+    job = pool.submit(_train, steps)
+    # after seed 0, so that seed 1 trains beside it and seed 2 beside render's sweep of seed 0
+    others = {seed: pool.submit(_seed_scores, steps, seed, *headline) for seed in SEEDS_FULL if seed and full}
+    params, cpu = job.result()
     alphas_cumprod = Df.alpha_bar(Df.beta_schedule("linear", G.DIGIT_UNET.num_steps))
     protocol = "full protocol" if full else "SHORT protocol (--full trains the default run)"
-    return params, G.DIGIT_UNET, alphas_cumprod, f"{steps} steps, {protocol}", cpu
+    return (params, G.DIGIT_UNET, alphas_cumprod, f"{steps} steps, {protocol}", cpu), others
 
 
 def render(out_dir, full=False, run_dir=None, per_word=None, sample_steps=None):
@@ -81,15 +104,17 @@ def render(out_dir, full=False, run_dir=None, per_word=None, sample_steps=None):
     from scratch import guidance as G
     from scratch.draw import draw_number, parse_number
 
-    params, config, alphas_cumprod, trained, cpu = _model(full, run_dir)
     long = full or run_dir is not None
     per_word = per_word or (100 if long else QUICK["per_word"])
     sample_steps = sample_steps or (G.DIGIT_RUN["sample_steps"] if long else QUICK["sample_steps"])
-    began = time.process_time()
-    sweep = _cached_sweep(run_dir, per_word, sample_steps)
-    if sweep is None:
-        sweep = G.guidance_sweep(params, config, alphas_cumprod, 0, SCALES, per_word, sample_steps)
-    sweep_cpu = time.process_time() - began
+    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
+        (params, config, alphas_cumprod, trained, cpu), others = _model(full, run_dir, pool, (per_word, sample_steps))
+        began = time.process_time()
+        sweep = _cached_sweep(run_dir, per_word, sample_steps)
+        if sweep is None:
+            sweep = G.guidance_sweep(params, config, alphas_cumprod, 0, SCALES, per_word, sample_steps)
+        sweep_cpu = time.process_time() - began
+        seeds = {0: (sweep[G.DIGIT_RUN["guidance"]][1], cpu), **{seed: job.result() for seed, job in others.items()}}
 
     fig = plt.figure(figsize=(17, 6.2))
     grid = fig.add_gridspec(1, len(SCALES) + 1, width_ratios=[1] * len(SCALES) + [1.35], wspace=0.08)
@@ -140,7 +165,39 @@ def render(out_dir, full=False, run_dir=None, per_word=None, sample_steps=None):
         scores = sweep[scale][1]
         for key in ("word_accuracy", "fid", "precision", "recall"):
             summary[f"s{scale:g}_{key}"] = float(scores[key])
+    if len(seeds) > 1:
+        summary.update(_seed_table(seeds, 10 * per_word, sample_steps))
     return summary
+
+
+def _seed_table(seeds, images, sample_steps):
+    """Print each seed's headline scores, their mean and their range; seeds: {seed: (scores, training CPU seconds)}.
+    Returns each seed's numbers (suffix _seed{s} after seed 0) and the means."""
+    from scratch import guidance as G
+
+    scale = G.DIGIT_RUN["guidance"]
+    print(f"\nGuided digits, the default run ({G.DIGIT_RUN['steps']:,} steps) on seeds {', '.join(map(str, seeds))}: "
+          f"s = {scale:g}, DDIM {sample_steps} steps, {images:,} images a seed")
+    print(f"  {'seed':>4}  {'word accuracy':>13}  {'FID':>7}  {'KID':>6}  {'precision':>9}  {'recall':>6}  {'IS':>5}  "
+          f"{'train CPU s':>11}")
+
+    def row(label, scores, cpu):
+        print(f"  {label:>4}  {scores['word_accuracy']:>13.1%}  {scores['fid']:>7.1f}  {scores['kid']:>6.2f}  "
+              f"{scores['precision']:>9.2f}  {scores['recall']:>6.2f}  {scores['inception_score']:>5.2f}  {cpu:>11.0f}")
+
+    numbers = {}
+    for seed, (scores, cpu) in seeds.items():
+        row(str(seed), scores, cpu)
+        suffix = f"_seed{seed}" if seed else ""  # seed 0's: the sweep's s{scale}_ numbers, with KID and IS beside them
+        numbers.update({f"s{scale:g}_{key}{suffix}": float(scores[key]) for key in HEADLINE})
+        if seed:
+            numbers[f"train_cpu_seconds_seed{seed}"] = cpu
+    by_key = {key: [float(scores[key]) for scores, _ in seeds.values()] for key in HEADLINE}
+    row("mean", {key: np.mean(values) for key, values in by_key.items()}, np.mean([cpu for _, cpu in seeds.values()]))
+    accuracy, fid = by_key["word_accuracy"], by_key["fid"]
+    print(f"  range: word accuracy {min(accuracy):.1%} … {max(accuracy):.1%}, FID {min(fid):.1f} … {max(fid):.1f}")
+    numbers.update({f"s{scale:g}_{key}_mean": float(np.mean(values)) for key, values in by_key.items()})
+    return numbers
 
 
 def _cached_sweep(run_dir, per_word, sample_steps):
