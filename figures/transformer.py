@@ -7,7 +7,8 @@
 
 The scratch model and the Keras port train side by side, one process each (two CPU cores), on
 the same split; each is scored by translating all 2,000 held-out numbers greedily. The default run
-trains seed 0; --full trains seeds 0, 1 and 2 of each and prints every seed, the mean and the range.
+trains seed 0; --full trains seeds 0, 1 and 2 of all four implementations (scratch, Keras, PyTorch and
+TensorFlow, two at a time, about half an hour) and prints every seed, the mean and the range.
 """
 
 import multiprocessing
@@ -27,6 +28,7 @@ NAME = "transformer"
 # The command line's defaults (scratch/__main__.py): D = 64, 4 heads, F = 256, 2 + 2 layers
 EVAL_ALONG_THE_WAY = 500
 SEEDS_FULL = (0, 1, 2)  # --full trains each implementation on these; the default run, seed 0
+IMPLS_FULL = ("scratch", "keras", "torch", "tensorflow")  # --full; the default run: scratch and Keras
 # the command line's defaults, the cool-down included (the last quarter of the steps falls linearly to a rate of 0)
 RUN = {"steps": 6000, "eval_every": 1000, "batch_size": 64, "warmup": 400, "lr_factor": 1.0, "label_smoothing": 0.1,
        "cooldown": 1500}
@@ -44,14 +46,19 @@ def train(impl, steps=RUN["steps"], eval_every=RUN["eval_every"], seed=0):
     data = load_translation_data()
     if impl == "scratch":
         make = ScratchTransformerTrainer
-    else:  # the Keras port, trained by its own fit with its own Adam
-        import tensorflow as tf
+    else:  # a port, trained by its own optimizer (Keras: its own fit and Adam)
+        import importlib
 
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        from ports.keras.train import TRAINERS
+        if impl == "torch":
+            import torch
 
-        make = TRAINERS["transformer"]
+            torch.set_num_threads(1)
+        else:
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        make = importlib.import_module(f"ports.{impl}.train").TRAINERS["transformer"]
     run = {k: v for k, v in RUN.items() if k not in ("steps", "eval_every")}
     history, seconds = [], 0.0
     with threadpool_limits(limits=1, user_api="blas"):  # one core each: the two run side by side
@@ -169,8 +176,8 @@ def render(out_dir, full=False):
     data = load_translation_data()
     # two fresh processes ("spawn", not fork: the figures before this one have started TensorFlow's
     # and PyTorch's thread pools in this process, and a forked copy of those can hang)
-    seeds = SEEDS_FULL if full else (0,)
-    jobs = [(impl, seed) for seed in seeds for impl in ("scratch", "keras")]
+    seeds, impls = (SEEDS_FULL, IMPLS_FULL) if full else ((0,), ("scratch", "keras"))
+    jobs = [(impl, seed) for impl in reversed(impls) for seed in seeds]  # TensorFlow, the slowest, first
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         runs = dict(zip(jobs, pool.map(_train_job, jobs)))
     results = {impl: runs[(impl, 0)] for impl in ("scratch", "keras")}  # the figures show seed 0
@@ -184,7 +191,7 @@ def render(out_dir, full=False):
     print(f"\nEnglish → French number words, {RUN['steps']} steps, the 2,000 held-out numbers translated greedily")
     print(f"  {'implementation':<16} {'seed':>4} {'exact match':>11} {'chrF':>7} {'token acc.':>10} {'held-out loss':>13} "
           f"{'training':>9}")
-    for impl, seed in sorted(jobs, key=lambda job: (job[0] != "scratch", job[1])):
+    for impl, seed in sorted(jobs, key=lambda job: (impls.index(job[0]), job[1])):
         history, _, seconds = runs[(impl, seed)]
         final = history[-1]
         print(f"  {impl:<16} {seed:>4} {final['exact_match']:>10.2f}% {final['chrf']:>7.2f} "
@@ -193,7 +200,7 @@ def render(out_dir, full=False):
         numbers.update({f"{impl}_exact_match{suffix}": round(final["exact_match"], 2),
                         f"{impl}_chrf{suffix}": round(final["chrf"], 2), f"{impl}_train_seconds{suffix}": seconds})
     numbers["targets"] = []
-    for impl in ("scratch", "keras"):
+    for impl in impls:
         matches = [runs[(impl, seed)][0][-1]["exact_match"] for seed in seeds]
         if len(seeds) > 1:
             print(f"  {impl:<16} mean {np.mean(matches):.2f}%, range {min(matches):.2f} … {max(matches):.2f}%")
