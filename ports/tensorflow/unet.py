@@ -26,7 +26,7 @@ import tensorflow as tf
 from ports.tensorflow.attention import _watched
 from ports.tensorflow.diffusion import _time_embedding
 from scratch.diffusion import Denoiser
-from scratch.unet import NULL, UNetConfig, block_channels, check_config, check_unet_inputs, init_unet, parameter_shapes
+from scratch.unet import NULL, UNetConfig, check_config, check_unet_inputs, init_unet, parameter_shapes
 
 __all__ = ["UNetConfig", "parameter_shapes", "init_unet", "UNet", "to_tf_unet", "from_tf_unet", "unet_forward",
            "unet_backward", "UNET_DENOISER"]
@@ -47,7 +47,7 @@ def _conv(x, w, b, stride=1, padding=0):
 
 def _group_norm(x, gamma, beta, groups, eps=1e-5):
     """y = γ · (x − μ) / √(σ² + ε) + β, μ and σ² per image over each group of C/G channels and all pixels."""
-    b, h, w, c = x.shape
+    _, h, w, c = x.shape  # B may be unknown inside a tf.function: -1 below
     xg = tf.reshape(x, (-1, h, w, groups, c // groups))  # (B, H, W, G, C/G): channels-last, so the group is axis 3
     # Eq. (1), Wu and He 2018: μ_i = (1/m) Σ_{k ∈ S_i} x_k,  σ_i² = (1/m) Σ_{k ∈ S_i} (x_k − μ_i)²,  S_i one image's group
     mean = tf.reduce_mean(xg, axis=(1, 2, 4), keepdims=True)  # (B, 1, 1, G, 1)
