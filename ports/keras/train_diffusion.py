@@ -1,10 +1,13 @@
-"""What `python -m ports.keras train diffusion --data ring|grid` trains: ports/keras/diffusion.py's
-`DenoisingDiffusion` keras.Model, one `train_on_batch` (Keras's own train_step, what fit runs) a step.
+"""What `python -m ports.keras train diffusion --data ring|grid|mnist` trains: ports/keras/diffusion.py's
+`DenoisingDiffusion` keras.Model (the mixtures' MLP inside), or for the digits ports/keras/unet.py's
+`GuidedDenoisingDiffusion` (the word-guided U-Net inside), one `train_on_batch` (Keras's own train_step,
+what fit runs) a step.
 
 Diffusion has no randomness inside the model: the batch, its steps t and its noise ε are data, which
-scratch/train_diffusion.py picks from the step number for every implementation. So unlike the other
-Keras trainers (ports/keras/train.py), this one can follow scratch's trajectory step for step, and
-it does, with one change to Keras's Adam: `keras.optimizers.Adam` folds the bias corrections into the
+scratch/train_diffusion.py picks from the step number for every implementation (on the digits also
+the rows whose word is dropped to ∅, scratch/guidance.py). So unlike the other Keras trainers
+(ports/keras/train.py), this one can follow scratch's trajectory step for step, and it does, with
+one change to Keras's Adam: `keras.optimizers.Adam` folds the bias corrections into the
 rate, θ ← θ − α √(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε), which moves ε (ports/tensorflow/optim.py
 shows by how much). `Adam` below is Keras's Adam with `update_step` written as Kingma and Ba's
 Algorithm 1 prints it, ε added to √v̂, as scratch and torch.optim.Adam compute it; its variables
@@ -12,24 +15,49 @@ Algorithm 1 prints it, ε added to √v̂, as scratch and torch.optim.Adam compu
 warmup_cosine(lr, 0, decay_steps) in float64 (Keras's rates are float32 by default, 3e-8 off).
 
 Checkpoints: the weights in the scratch layout and the optimizer's state as scratch's Adam keeps
-it ("optim.t", "optim.m.<name>", "optim.v.<name>"), so a Keras run resumes in scratch and back.
+it ("optim.t", "optim.m.<name>", "optim.v.<name>", the U-Net's convolution moments transposed to
+scratch's (C_out, C_in, kh, kw) as its kernels are), so a Keras run resumes in scratch and back.
+The guided digit samples are scratch's guided DDIM (scratch/guidance.py) on the weights converted back.
 """
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from ports.keras import unet as KU
 from ports.keras.diffusion import DenoisingDiffusion, from_keras_mlp_denoiser, parameter_map, to_keras_mlp_denoiser
 from scratch import diffusion as Df
+from scratch import unet as U
+from scratch.guidance import CHUNK, GuidedDigitTrainer
 from scratch.optim import warmup_cosine
 from scratch.runs import RunError
 from scratch.train_diffusion import DiffusionTrainer
 
-# The denoisers this port has: the scratch Denoiser → (to a Keras model, back to the scratch layout, the variable map)
-KERAS_DENOISERS = {Df.MLP_DENOISER: (to_keras_mlp_denoiser, from_keras_mlp_denoiser, parameter_map)}
+
+class KerasDenoiser(NamedTuple):
+    """How the port holds one scratch denoiser: its Keras model, the weights' way back, and their layouts."""
+
+    to_keras: Callable  # (params, config) → a built keras.Model holding them
+    from_keras: Callable  # model → the scratch parameter dict
+    parameter_map: Callable  # model → {scratch name: the Keras variable}
+    to_scratch_layout: Callable  # (name, a variable's NumPy value) → scratch's layout (Adam's moments too)
+    to_keras_layout: Callable  # (name, a scratch-layout array) → its variable's layout
+
+
+def _same_layout(name, value):
+    return value  # a Dense kernel is (in, out), as scratch's W
+
+
+# The denoisers this port has: the scratch Denoiser → how this port holds it
+KERAS_DENOISERS = {Df.MLP_DENOISER: KerasDenoiser(to_keras_mlp_denoiser, from_keras_mlp_denoiser, parameter_map,
+                                                  _same_layout, _same_layout),
+                   U.UNET_DENOISER: KerasDenoiser(KU.to_keras_unet, KU.from_keras_unet, KU.parameter_map,
+                                                  KU.to_scratch_layout, KU.to_keras_layout)}
 
 
 class CosineDecay64(keras.optimizers.schedules.LearningRateSchedule):
@@ -55,7 +83,9 @@ class Adam(keras.optimizers.Adam):
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
-        g = ops.cast(gradient, variable.dtype)
+        # an Embedding's gradient (the U-Net's word table) comes as IndexedSlices, one row per id looked up: summed
+        # into a dense array, as scratch's table gradient is, and every row's moments decay at every step, as scratch's
+        g = ops.cast(tf.convert_to_tensor(gradient), variable.dtype)
         t = ops.cast(self.iterations + 1, variable.dtype)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
@@ -75,32 +105,72 @@ class Adam(keras.optimizers.Adam):
         return self._momentums[index], self._velocities[index]
 
 
-class KerasDiffusionTrainer(DiffusionTrainer):
-    """`DenoisingDiffusion` (the MLP denoiser inside) trained by train_on_batch((x0, t, ε), ε) with `Adam` above.
-
-    Same initial weights, batches, steps, noise, rate and loss as scratch, so the same trajectory.
-    """
+class KerasDenoiserSteps:
+    """The Keras half of a diffusion trainer, mixed in before a scratch trainer: the denoiser's model inside
+    a DenoisingDiffusion (`_wrap`), compiled with `Adam` above, one train_on_batch a step; checkpoints in the
+    scratch layout. Same initial weights, batches, steps, noise, rate and loss as scratch: the same trajectory."""
 
     IMPLEMENTATION, OPTIMIZER = "keras", "keras.optimizers.Adam (Algorithm 1's ε)"
-
-    def __init__(self, data, *args, **kwargs):
-        if data == "mnist":  # scratch/train_diffusion.py hands the digits to scratch/guidance.py's guided trainer
-            raise RunError("--data mnist: the Keras diffusion trainer has the mixtures' MLP (--data ring, grid); "
-                           "the word-guided digit U-Net trains in scratch: python -m scratch train diffusion --data mnist")
-        super().__init__(data, *args, **kwargs)
 
     def _converters(self):
         if self.denoiser not in KERAS_DENOISERS:
             raise ValueError(f"the Keras port has no model for this denoiser yet: it has the MLP of "
-                             f"ports/keras/diffusion.py (--data ring, grid), got {self.denoiser_config!r}")
+                             f"ports/keras/diffusion.py (--data ring, grid) and the U-Net of ports/keras/unet.py "
+                             f"(--data mnist), got {self.denoiser_config!r}")
         return KERAS_DENOISERS[self.denoiser]
 
     def _build(self, params):
-        self.denoiser_model = self._converters()[0](params, self.denoiser_config)
-        self.model = DenoisingDiffusion(self.denoiser_model, self.alphas_cumprod)
+        self.denoiser_model = self._converters().to_keras(params, self.denoiser_config)
+        self.model = self._wrap(self.denoiser_model, self.alphas_cumprod)
         # ε = 1e-8 as scratch's and torch's Adam (Keras's default is 1e-7)
         self.model.compile(optimizer=Adam(CosineDecay64(self.lr, self.decay_steps), beta_1=0.9, beta_2=0.999, epsilon=1e-8))
         self.model.optimizer.build(self.denoiser_model.trainable_variables)
+        self._compile_eps()
+
+    def _train_on_batch(self, inputs, eps):
+        # the optimizer counts its own updates: after step − 1 of them the schedule gives rate(step)
+        self.model.reset_metrics()  # the loss reported is this batch's, not a running mean
+        logs = self.model.train_on_batch(inputs, eps, return_dict=True)
+        return float(logs["loss"])
+
+    def state(self):
+        converters = self._converters()
+        optimizer = self.model.optimizer
+        arrays = {**converters.from_keras(self.denoiser_model), "optim.t": np.array(int(optimizer.iterations.numpy()), np.int64)}
+        for name, variable in converters.parameter_map(self.denoiser_model).items():
+            m, v = optimizer.moments(variable)
+            arrays[f"optim.m.{name}"] = np.array(converters.to_scratch_layout(name, m.numpy()))
+            arrays[f"optim.v.{name}"] = np.array(converters.to_scratch_layout(name, v.numpy()))
+        return arrays
+
+    def load_state(self, arrays):
+        self._build({name: arrays[name] for name in self.denoiser.shapes(self.denoiser_config)})
+        optimizer = self.model.optimizer
+        t = int(arrays["optim.t"])
+        optimizer.iterations.assign(t)
+        if t == 0:  # scratch's Adam has no moments before its first step
+            return
+        converters = self._converters()
+        for name, variable in converters.parameter_map(self.denoiser_model).items():
+            m, v = optimizer.moments(variable)
+            m.assign(converters.to_keras_layout(name, arrays[f"optim.m.{name}"]))
+            v.assign(converters.to_keras_layout(name, arrays[f"optim.v.{name}"]))
+
+
+class KerasDiffusionTrainer(KerasDenoiserSteps, DiffusionTrainer):
+    """The mixtures (--data ring, grid): `DenoisingDiffusion` (the MLP denoiser inside) trained by
+    train_on_batch((x0, t, ε), ε) with `Adam` above."""
+
+    _wrap = DenoisingDiffusion
+
+    def __init__(self, data, *args, **kwargs):
+        if data == "mnist":  # the digits are KerasGuidedDigitTrainer's (keras_diffusion_trainer picks it)
+            raise RunError("--data mnist: KerasDiffusionTrainer trains the mixtures' MLP (--data ring, grid); "
+                           "the word-guided digit U-Net is KerasGuidedDigitTrainer (python -m ports.keras train "
+                           "diffusion --data mnist)")
+        super().__init__(data, *args, **kwargs)
+
+    def _compile_eps(self):
         data = tf.TensorSpec((None, *self.dataset.sample_shape), self.dtype.name)
         # the samplers call it a thousand times: one graph, traced once for any batch size
         self._compiled_eps = tf.function(lambda x_t, t: self.denoiser_model((x_t, t)),
@@ -114,31 +184,42 @@ class KerasDiffusionTrainer(DiffusionTrainer):
     def _step(self, x0, t, eps, cond):
         if cond is not None:
             raise ValueError(f"the MLP denoiser is unconditional: cond must be None, got {type(cond).__name__}")
-        # the optimizer counts its own updates: after step − 1 of them the schedule gives rate(step)
-        self.model.reset_metrics()  # the loss reported is this batch's, not a running mean
-        logs = self.model.train_on_batch((x0, t.astype(np.int64), eps), eps, return_dict=True)
-        return float(logs["loss"])
-
-    def state(self):
-        _, from_keras, named = self._converters()
-        optimizer = self.model.optimizer
-        arrays = {**from_keras(self.denoiser_model), "optim.t": np.array(int(optimizer.iterations.numpy()), np.int64)}
-        for name, variable in named(self.denoiser_model).items():
-            m, v = optimizer.moments(variable)
-            arrays[f"optim.m.{name}"], arrays[f"optim.v.{name}"] = np.array(m.numpy()), np.array(v.numpy())
-        return arrays
-
-    def load_state(self, arrays):
-        self._build({name: arrays[name] for name in self.denoiser.shapes(self.denoiser_config)})
-        optimizer = self.model.optimizer
-        t = int(arrays["optim.t"])
-        optimizer.iterations.assign(t)
-        if t == 0:  # scratch's Adam has no moments before its first step
-            return
-        for name, variable in self._converters()[2](self.denoiser_model).items():
-            m, v = optimizer.moments(variable)
-            m.assign(arrays[f"optim.m.{name}"])
-            v.assign(arrays[f"optim.v.{name}"])
+        return self._train_on_batch((x0, t.astype(np.int64), eps), eps)
 
 
-DIFFUSION_TRAINERS = {"diffusion": KerasDiffusionTrainer}
+class KerasGuidedDigitTrainer(KerasDenoiserSteps, GuidedDigitTrainer):
+    """The digits (--data mnist): scratch/guidance.py's guided trainer, its batches and dropped words, with
+    ports/keras/unet.py's UNet inside `GuidedDenoisingDiffusion`, trained by train_on_batch((x0, t, ε, cond), ε)
+    with `Adam` above. `params` is the model's weights in the scratch layout: scratch's guided DDIM draws the
+    samples from them (digit_samples)."""
+
+    _wrap = KU.GuidedDenoisingDiffusion
+
+    @property
+    def params(self):
+        return KU.from_keras_unet(self.denoiser_model)
+
+    def _compile_eps(self):
+        data, ids = tf.TensorSpec((None, *self.dataset.sample_shape), self.dtype.name), tf.TensorSpec((None,), tf.int64)
+        # the evaluations call it on CHUNK images at a time: one graph, traced once
+        self._compiled_eps = tf.function(lambda x_t, t, cond: self.denoiser_model((x_t, t), cond=cond),
+                                         input_signature=[data, ids, ids], autograph=False)
+
+    def _eps(self, x_t, t, cond):
+        cond = np.full(len(x_t), U.NULL, np.int64) if cond is None else np.asarray(cond, np.int64)  # None: every row ∅
+        t = np.asarray(t, np.int64)
+        chunks = [np.asarray(self._compiled_eps(tf.constant(x_t[i:i + CHUNK]), tf.constant(t[i:i + CHUNK]),
+                                                tf.constant(cond[i:i + CHUNK])))
+                  for i in range(0, len(x_t), CHUNK)]  # CHUNK images a forward, as scratch's
+        return np.concatenate(chunks)
+
+    def _step(self, x0, t, eps, cond):
+        return self._train_on_batch((x0, t.astype(np.int64), eps, np.asarray(cond, np.int64)), eps)
+
+
+def keras_diffusion_trainer(data, *args, **kwargs):
+    """The trainer of --data: KerasGuidedDigitTrainer for mnist, KerasDiffusionTrainer for the mixtures."""
+    return (KerasGuidedDigitTrainer if data == "mnist" else KerasDiffusionTrainer)(data, *args, **kwargs)
+
+
+DIFFUSION_TRAINERS = {"diffusion": keras_diffusion_trainer}
