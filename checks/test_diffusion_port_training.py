@@ -126,14 +126,21 @@ def test_checkpoints_resume_across_implementations(impl, tmp_path):
                 assert np.array_equal(resumed[name], value), f"{impl}: {name} is {resumed[name]} after {first} then {then}"
 
 
-@pytest.mark.parametrize("impl", ("tensorflow", "keras"))
-def test_the_digits_are_refused_in_one_line(impl):
-    """--data mnist is the guided U-Net of scratch/guidance.py, which these ports do not have yet: their trainer
-    says so (a RunError, the command line's one-line error) instead of failing inside scratch's guided trainer."""
-    with pytest.raises(runs.RunError) as raised:
-        trainer_class(impl)("mnist", 0, decay_steps=10, batch_size=8, lr=1e-3, p_uncond=0.2, dtype=np.float32)
-    for fragment in ("--data mnist", "ring, grid", "python -m scratch train diffusion --data mnist"):
-        assert fragment in str(raised.value), f"{impl}: the refusal should mention {fragment!r}; it says {raised.value}"
+@pytest.mark.parametrize("impl", ("torch", "tensorflow", "keras"))
+def test_every_port_trains_the_digits_with_its_guided_u_net(impl):
+    """--data mnist is the guided U-Net of scratch/guidance.py in every port: the command line's trainer for the
+    digits is the port's guided trainer, on scratch's batches (the step-for-step checks are in test_unet_*.py and
+    below), and the mixtures keep their MLP trainer."""
+    from scratch import unet as U
+    from scratch.guidance import GuidedDigitTrainer
+
+    config = U.UNetConfig(channels=(4, 8, 8), emb_dim=8, time_dim=8, groups=2, num_steps=1000)
+    digits = trainer_class(impl)("mnist", 0, decay_steps=10, batch_size=8, lr=1e-3, p_uncond=0.2, config=config,
+                                 dtype=np.float32)
+    assert isinstance(digits, GuidedDigitTrainer) and digits.IMPLEMENTATION == impl, \
+        f"{impl}: --data mnist built {type(digits).__name__}, not the port's guided digit trainer"
+    ring = trainer_class(impl)("ring", 0, decay_steps=10, batch_size=8, dtype=np.float32)
+    assert not isinstance(ring, GuidedDigitTrainer), f"{impl}: --data ring built the digits' trainer"
 
 
 def test_the_torch_guided_digit_trainer_follows_scratchs(tmp_path):
