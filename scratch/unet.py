@@ -95,6 +95,16 @@ def parameter_shapes(config):
     return shapes
 
 
+def check_params(params, config):
+    """A converter's input: exactly parameter_shapes(config)'s names, each of its shape."""
+    expected = parameter_shapes(config)
+    if set(params) != set(expected):
+        raise ValueError(f"params must have keys {sorted(expected)}, got {sorted(params)}")
+    for name, shape in expected.items():
+        if np.shape(params[name]) != shape:
+            raise ValueError(f"params[{name!r}] must have shape {shape}, got {np.shape(params[name])}")
+
+
 def check_config(config):
     if len(config.channels) != 3 or min(config.channels) < 1:
         raise ValueError(f"config.channels must be three positive ints (c1, c2, c3), got {config.channels}")

@@ -34,7 +34,8 @@ from keras import ops
 from ports.keras.autodiff import gradients, record
 from ports.keras.diffusion import DenoisingDiffusion, _f64, _q_sample, _silu, _time_embedding
 from scratch.diffusion import Denoiser
-from scratch.unet import NULL, UNetConfig, block_channels, check_config, check_unet_inputs, init_unet, parameter_shapes
+from scratch.unet import (NULL, UNetConfig, block_channels, check_config, check_params, check_unet_inputs, init_unet,
+                         parameter_shapes)
 
 __all__ = ["UNetConfig", "parameter_shapes", "init_unet", "ResBlock", "UNet", "GuidedDenoisingDiffusion",
            "parameter_map", "to_keras_layout", "to_scratch_layout", "to_keras_unet", "from_keras_unet",
@@ -199,18 +200,9 @@ def parameter_map(model):
     return named
 
 
-def _check_params(params, config):
-    expected = parameter_shapes(config)
-    if set(params) != set(expected):
-        raise ValueError(f"params must have keys {sorted(expected)}, got {sorted(params)}")
-    for name, shape in expected.items():
-        if np.shape(params[name]) != shape:
-            raise ValueError(f"params[{name!r}] must have shape {shape}, got {np.shape(params[name])}")
-
-
 def to_keras_unet(params, config):
     """A built UNet holding copies of a scratch parameter dict (its dtype is theirs; the convolution kernels transposed)."""
-    _check_params(params, config)
+    check_params(params, config)
     model = UNet(config, dtype=np.asarray(params["unet.conv_in.w"]).dtype.name)
     for name, variable in parameter_map(model).items():
         variable.assign(to_keras_layout(name, np.asarray(params[name])))

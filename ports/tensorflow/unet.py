@@ -26,7 +26,7 @@ import tensorflow as tf
 from ports.tensorflow.attention import _watched
 from ports.tensorflow.diffusion import _time_embedding
 from scratch.diffusion import Denoiser
-from scratch.unet import NULL, UNetConfig, check_config, check_unet_inputs, init_unet, parameter_shapes
+from scratch.unet import NULL, UNetConfig, check_config, check_params, check_unet_inputs, init_unet, parameter_shapes
 
 __all__ = ["UNetConfig", "parameter_shapes", "init_unet", "UNet", "to_tf_unet", "from_tf_unet", "unet_forward",
            "unet_backward", "UNET_DENOISER"]
@@ -131,12 +131,7 @@ class UNet(tf.Module):
 
 def to_tf_unet(params, config):
     """A UNet tf.Module holding copies of `params` (same names, shapes and dtype)."""
-    expected = parameter_shapes(config)
-    if set(params) != set(expected):
-        raise ValueError(f"params must have keys {sorted(expected)}, got {sorted(params)}")
-    for name, shape in expected.items():
-        if np.shape(params[name]) != shape:
-            raise ValueError(f"params[{name!r}] must have shape {shape}, got {np.shape(params[name])}")
+    check_params(params, config)
     return UNet({name: np.array(value) for name, value in params.items()}, config)
 
 

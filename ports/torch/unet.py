@@ -20,7 +20,8 @@ from torch import nn
 from ports.torch.attention import Cache, _gradients
 from ports.torch.diffusion import _time_embedding
 from scratch.diffusion import Denoiser
-from scratch.unet import NULL, UNetConfig, block_channels, check_config, check_unet_inputs, init_unet, parameter_shapes
+from scratch.unet import (NULL, UNetConfig, block_channels, check_config, check_params, check_unet_inputs, init_unet,
+                         parameter_shapes)
 
 __all__ = ["UNetConfig", "parameter_shapes", "init_unet", "UNet", "to_torch_unet", "from_torch_unet", "parameter_map",
            "unet_forward", "unet_backward", "UNET_DENOISER"]
@@ -100,12 +101,7 @@ def parameter_map(module):
 
 def to_torch_unet(params, config):
     """A UNet holding a scratch parameter dict's weights (copied; the Linear weights transposed to (out, in))."""
-    expected = parameter_shapes(config)
-    if set(params) != set(expected):
-        raise ValueError(f"params must have keys {sorted(expected)}, got {sorted(params)}")
-    for name, shape in expected.items():
-        if np.shape(params[name]) != shape:
-            raise ValueError(f"params[{name!r}] must have shape {shape}, got {np.shape(params[name])}")
+    check_params(params, config)
     module = UNet(config).to(torch.from_numpy(np.asarray(params["unet.conv_in.w"])).dtype)
     with torch.no_grad():
         for name, (p, transposed) in parameter_map(module).items():
