@@ -78,6 +78,12 @@ def sample_digits(params, config, words, scale, num_steps, seed, alphas_cumprod)
     return np.clip((x0[:, 0] + 1.0) * 0.5, 0.0, 1.0)  # (N, 28, 28): [−1, 1] → pixels
 
 
+def in_chunks(eps, x_t, t, cond):
+    """eps(x_t, t, cond) → ε̂ (B, 1, H, W), called on CHUNK images at a time (cond None: ∅ on every row)."""
+    return np.concatenate([eps(x_t[i:i + CHUNK], t[i:i + CHUNK], None if cond is None else cond[i:i + CHUNK])
+                           for i in range(0, len(x_t), CHUNK)])
+
+
 class GuidedDigitTrainer(ScratchDiffusionTrainer):
     """ScratchDiffusionTrainer on --data mnist with the U-Net, each step's words dropped to ∅ on a share p_uncond."""
 
@@ -109,9 +115,7 @@ class GuidedDigitTrainer(ScratchDiffusionTrainer):
         return figures
 
     def _eps(self, x_t, t, cond):
-        chunks = [self.denoiser.forward(self.params, x_t[i:i + CHUNK], t[i:i + CHUNK], self.denoiser_config,
-                                        None if cond is None else cond[i:i + CHUNK])[0] for i in range(0, len(x_t), CHUNK)]
-        return np.concatenate(chunks)
+        return in_chunks(lambda x, s, c: self.denoiser.forward(self.params, x, s, self.denoiser_config, c)[0], x_t, t, cond)
 
     def config(self):
         return {**super().config(), "p_uncond": self.p_uncond}

@@ -33,7 +33,7 @@ from ports.keras import unet as KU
 from ports.keras.diffusion import DenoisingDiffusion, from_keras_mlp_denoiser, parameter_map, to_keras_mlp_denoiser
 from scratch import diffusion as Df
 from scratch import unet as U
-from scratch.guidance import CHUNK, GuidedDigitTrainer
+from scratch.guidance import GuidedDigitTrainer, in_chunks
 from scratch.optim import warmup_cosine
 from scratch.runs import RunError
 from scratch.train_diffusion import DiffusionTrainer
@@ -208,10 +208,8 @@ class KerasGuidedDigitTrainer(KerasDenoiserSteps, GuidedDigitTrainer):
     def _eps(self, x_t, t, cond):
         cond = np.full(len(x_t), U.NULL, np.int64) if cond is None else np.asarray(cond, np.int64)  # None: every row ∅
         t = np.asarray(t, np.int64)
-        chunks = [np.asarray(self._compiled_eps(tf.constant(x_t[i:i + CHUNK]), tf.constant(t[i:i + CHUNK]),
-                                                tf.constant(cond[i:i + CHUNK])))
-                  for i in range(0, len(x_t), CHUNK)]  # CHUNK images a forward, as scratch's
-        return np.concatenate(chunks)
+        compiled = lambda x, s, c: np.asarray(self._compiled_eps(tf.constant(x), tf.constant(s), tf.constant(c)))
+        return in_chunks(compiled, x_t, t, cond)  # CHUNK images a forward, as scratch's
 
     def _step(self, x0, t, eps, cond):
         return self._train_on_batch((x0, t.astype(np.int64), eps, np.asarray(cond, np.int64)), eps)

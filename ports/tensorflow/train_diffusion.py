@@ -19,7 +19,7 @@ from ports.tensorflow.optim import Adam
 from ports.tensorflow.unet import from_tf_unet, to_tf_unet
 from scratch import diffusion as Df
 from scratch import unet as U
-from scratch.guidance import CHUNK, GuidedDigitTrainer
+from scratch.guidance import GuidedDigitTrainer, in_chunks
 from scratch.runs import RunError
 from scratch.train import split_optimizer_state
 from scratch.train_diffusion import DiffusionTrainer
@@ -124,10 +124,7 @@ class TensorFlowGuidedDigitTrainer(TensorFlowDenoiserSteps, GuidedDigitTrainer):
         return from_tf_unet(self.module)
 
     def _eps(self, x_t, t, cond):
-        chunks = [super(TensorFlowGuidedDigitTrainer, self)._eps(x_t[i:i + CHUNK], t[i:i + CHUNK],
-                                                                 None if cond is None else cond[i:i + CHUNK])
-                  for i in range(0, len(x_t), CHUNK)]  # CHUNK images a forward, as scratch's
-        return np.concatenate(chunks)
+        return in_chunks(super()._eps, x_t, t, cond)  # CHUNK images a forward, as scratch's
 
 
 def tf_diffusion_trainer(data, *args, **kwargs):

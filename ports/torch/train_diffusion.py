@@ -23,7 +23,7 @@ from ports.torch.unet import from_torch_unet, to_torch_unet
 from ports.torch.unet import parameter_map as unet_parameter_map
 from scratch import diffusion as Df
 from scratch import unet as U
-from scratch.guidance import CHUNK, GuidedDigitTrainer
+from scratch.guidance import GuidedDigitTrainer, in_chunks
 from scratch.train_diffusion import DiffusionTrainer
 
 # The denoisers this port has: the scratch Denoiser → (to torch, from torch, the parameter map)
@@ -102,10 +102,7 @@ class TorchGuidedDigitTrainer(TorchDenoiserSteps, DeviceTrainer, GuidedDigitTrai
         return from_torch_unet(self.on_cpu(self.module))
 
     def _eps(self, x_t, t, cond):
-        chunks = [super(TorchGuidedDigitTrainer, self)._eps(x_t[i:i + CHUNK], t[i:i + CHUNK],
-                                                            None if cond is None else cond[i:i + CHUNK])
-                  for i in range(0, len(x_t), CHUNK)]  # CHUNK images a forward, as scratch's
-        return np.concatenate(chunks)
+        return in_chunks(super()._eps, x_t, t, cond)  # CHUNK images a forward, as scratch's
 
 
 def torch_diffusion_trainer(data, *args, **kwargs):
