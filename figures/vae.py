@@ -180,16 +180,21 @@ def _trajectory(trainers, x_train, x_test, out_dir, steps=50):
     return {impl: float(np.max(np.abs(v - losses["scratch"]))) for impl, v in losses.items() if impl != "scratch"}
 
 
+def _port_test(make, x_train, x_test, steps, seed):
+    """A port's Bernoulli VAE (Z = 2) trained as scratch is, `steps` steps on `seed`: its test figures."""
+    trainer = make(V.VAEConfig(z_dim=2), x_train, x_test, seed, batch_size=128, lr=LR)
+    for step in range(1, steps + 1):
+        trainer.train_step(step)
+    return trainer.evaluate()["test"]
+
+
 def _port_table(trainers, x_train, x_test, steps, scratch_result):
     """Train every port as scratch was trained (scratch's result is passed in); {impl: test figures}."""
     results = {"scratch": scratch_result}
     for impl, make in trainers.items():
         if impl == "scratch":
             continue
-        trainer = make(V.VAEConfig(z_dim=2), x_train, x_test, SEED, batch_size=128, lr=LR)
-        for step in range(1, steps + 1):
-            trainer.train_step(step)
-        results[impl] = trainer.evaluate()["test"]
+        results[impl] = _port_test(make, x_train, x_test, steps, SEED)
     print(f"\nBernoulli VAE (Z = 2, H = 128), {steps} Adam steps, batch 128: test ELBO in nats per image")
     print(f"  {'implementation':<14} {'ELBO':>9} {'log p(x|z)':>11} {'KL':>7}")
     for impl, r in results.items():
@@ -209,10 +214,7 @@ def _seed_table(trainers, x_train, x_test, seeds=SEEDS, steps=STEPS, ppca_steps=
     for seed in seeds:
         rows["scratch"][seed] = _train(V.VAEConfig(z_dim=2), x_train, x_test, steps, steps, LR, seed)[1][-1]["test"]
         if "keras" in rows:
-            trainer = trainers["keras"](V.VAEConfig(z_dim=2), x_train, x_test, seed, batch_size=128, lr=LR)
-            for step in range(1, steps + 1):
-                trainer.train_step(step)
-            rows["keras"][seed] = trainer.evaluate()["test"]
+            rows["keras"][seed] = _port_test(trainers["keras"], x_train, x_test, steps, seed)
         gaps[seed] = target - _linear_vae(x_train, x_test, ppca_steps, seed)[-1]["train_exact_elbo"]
     print(f"\nSeeds {', '.join(map(str, seeds))}, {steps} steps: test ELBO (nats per image), and the linear VAE's gap to "
           f"pPCA after {ppca_steps} steps")
