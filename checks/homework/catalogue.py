@@ -44,10 +44,10 @@ for h in range(num_heads):
 # flash_attention_forward with the log-sum-exp taken at the top of each key block's step, so what is left after
 # the loop is m and ℓ before the last block: the output is right, the backward's L_i is not.
 _FLASH_LSE_BEFORE_THE_LAST_BLOCK = """\
-q_scaled = q * scale
+q_t = transposed(q * scale)
 for r0 in range(0, tq, block_q):
     r1 = min(r0 + block_q, tq)
-    q_i = q_scaled[..., r0:r1, :]
+    q_i = q_t[..., r0:r1]
     m_i = np.full((*lead, r1 - r0), -np.inf, dtype=q.dtype)
     l_i = np.zeros((*lead, r1 - r0), dtype=q.dtype)
     o_i = np.zeros((*lead, r1 - r0, dv), dtype=q.dtype)
@@ -55,14 +55,14 @@ for r0 in range(0, tq, block_q):
         with np.errstate(divide="ignore"):
             lse[..., r0:r1] = m_i + np.log(l_i)  # the bug: saved before this block is added
         c0, c1 = j * block_k, min((j + 1) * block_k, tk)
-        s = q_i @ k[..., c0:c1, :].swapaxes(-1, -2)  # the reference's k_t, written without it
+        s_t = k[..., c0:c1, :] @ q_i
         if causal and c1 - 1 > r0:
-            s[..., ~causal_block_mask(r0, r1, c0, c1)] = -np.inf
-        m_new = np.maximum(m_i, s.max(axis=-1))
-        p = np.exp(s - m_new[..., None])
+            np.copyto(s_t, -np.inf, where=~causal_block_mask(r0, r1, c0, c1).T)
+        m_new = np.maximum(m_i, s_t.max(axis=-2))
+        p_t = np.exp(s_t - m_new[..., None, :])
         alpha = np.exp(m_i - m_new)
-        l_i = alpha * l_i + p.sum(axis=-1)
-        o_i = alpha[..., None] * o_i + p @ v[..., c0:c1, :]
+        l_i = alpha * l_i + p_t.sum(axis=-2)
+        o_i = alpha[..., None] * o_i + p_t.swapaxes(-1, -2) @ v[..., c0:c1, :]
         m_i = m_new
     out[..., r0:r1, :] = o_i / l_i[..., None]
 """
