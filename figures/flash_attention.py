@@ -24,7 +24,7 @@ from scratch.attention import scaled_dot_product_attention_forward
 from scratch.flash_attention import flash_attention_forward
 
 NAME = "flash_attention"
-STYLES = {"scratch plain": ("C3", "s"), "scratch flash": ("C0", "o"), "torch F.sdpa": ("C2", "^")}
+STYLES = {"scratch plain": ("C3", "s"), "scratch flash": ("C0", "o"), "scratch flash 128": ("C1", "D"), "torch F.sdpa": ("C2", "^")}
 
 
 def _scale_figure(out_dir, full):
