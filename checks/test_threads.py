@@ -45,6 +45,13 @@ def test_default_threads_only_where_the_work_pays_for_them(monkeypatch):
     assert T.thread_count(None, (2, 4), 8, 8) == 1  # tiny: the hand-off would cost more than it saves
     assert T.thread_count(None, (), 1024, 1024) == 1  # one pair: nothing to share
     assert T.thread_count(3, (2,), 4, 4) == 2  # asked for: at most one thread per pair
+    # tiled: each thread's part must hold BLOCK_WORK scores a block (8 pairs: 4 a thread)
+    assert T.thread_count(None, (2, 4), 1024, 1024, (64, 64)) == 1  # 4 · 64² = 16,384 a call: the lock's hand-offs lose
+    assert T.thread_count(None, (2, 4), 1024, 1024, (128, 128)) == 2  # 4 · 128² = 65,536: split
+    assert T.thread_count(None, (2, 4), 1024, 1024, (128, 64)) == 2  # exactly BLOCK_WORK a part: split
+    assert T.thread_count(None, (2, 4), 100, 100, (128, 128)) == 1  # blocks clipped to T: 8 · 100² is under THREADED_WORK
+    assert T.thread_count(None, (4, 4), 1024, 1024, (64, 64)) == 2  # 16 pairs: 8 · 64² a thread
+    assert T.thread_count(2, (2, 4), 1024, 1024, (8, 8)) == 2  # asked for: given, whatever the blocks
     monkeypatch.setenv("SCRATCH_THREADS", "1")
     assert T.thread_count(None, (2, 4), 1024, 1024) == 1
     assert T.split_axis((1, 8), 2) == 1 and T.split_axis((4, 8), 2) == 0 and T.split_axis((1, 1, 3), 4) == 2

@@ -91,7 +91,8 @@ def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64, threa
     *lead, tq, dk = q.shape
     tk, dv = v.shape[-2:]
     scale = 1.0 / float(np.sqrt(dk))  # a Python float, so float32 stays float32
-    if (threads := thread_count(threads, lead, tq, tk)) > 1:  # the same call on parts of (batch, heads), side by side
+    # the same call on parts of (batch, heads), side by side, where each part's blocks are large enough to pay for it
+    if (threads := thread_count(threads, lead, tq, tk, (block_q, block_k))) > 1:
         def part(q, k, v):
             out, cache = flash_attention_forward(q, k, v, causal, block_q, block_k, threads=1)
             return out, cache.lse
@@ -147,7 +148,7 @@ def flash_attention_backward(dout, cache, threads=None):
     """Return (dq, dk, dv) given dout (..., Tq, dv), recomputing each block of weights. FlashAttention-2, Algorithm 2."""
     q, k, v, out, lse, scale, causal, block_q, block_k = cache
     tq, tk = q.shape[-2], k.shape[-2]
-    if (threads := thread_count(threads, q.shape[:-2], tq, tk)) > 1:
+    if (threads := thread_count(threads, q.shape[:-2], tq, tk, (block_q, block_k))) > 1:
         def part(dout, q, k, v, out, lse):
             return flash_attention_backward(dout, cache._replace(q=q, k=k, v=v, out=out, lse=lse), threads=1)
         return over_threads(part, (dout, q, k, v, out, lse), q.shape[:-2], threads)

@@ -20,6 +20,12 @@ import numpy as np
 # a split pays for its hand-off to the pool (tens of microseconds) only past this much score work,
 # Tq · Tk · (the number of (batch, head) pairs): 8 pairs of 128 × 128 scores reach it
 THREADED_WORK = 1 << 17
+# A tiled call (FlashAttention) makes one NumPy call per block and step, each holding (pairs in the part) · Br · Bc
+# scores. Between calls a thread runs Python and holds the interpreter's lock, so two threads hand the lock to each
+# other at every call; below this many scores a call, the hand-offs cost more than the second core gives. Measured
+# on this project's two-core machine (T = 1024, B = 2, H = 4, causal, forward + backward): 64 × 64 blocks, 4 pairs
+# a thread (16,384 scores a call), 71–75 ms on one thread against 90 ms on two; 128 × 128 (65,536), 59–68 against 53–55.
+BLOCK_WORK = 1 << 15
 _POOLS = {}
 
 
@@ -31,12 +37,17 @@ def default_threads():
     return max(1, min(8, cpus))
 
 
-def thread_count(threads, lead, tq, tk):
+def thread_count(threads, lead, tq, tk, block=None):
     """How many threads a call on leading axes `lead` uses. threads=None: default_threads() once the work
-    reaches THREADED_WORK, else 1; an int: that many, whatever the size. Never more than there are pairs."""
+    reaches THREADED_WORK, else 1; an int: that many, whatever the size. Never more than there are pairs.
+    block: a tiled call's (Br, Bc), its blocks at most (Tq, Tk); with threads=None it then splits only where
+    each thread's block still holds BLOCK_WORK scores."""
     pairs = int(np.prod(lead, dtype=np.int64))
     if threads is None:
         threads = default_threads() if pairs * tq * tk >= THREADED_WORK else 1
+        if block is not None and threads > 1:
+            scores = min(block[0], tq) * min(block[1], tk)  # one block of one pair
+            threads = max(1, min(threads, pairs * scores // BLOCK_WORK))  # each part holds ≥ BLOCK_WORK scores a call
     elif isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     return int(max(1, min(threads, pairs)))
