@@ -88,7 +88,9 @@ def _model(full, run_dir, pool, headline):
         cpu = metrics["final"].get("process_cpu_s")
         steps, seed = metrics["steps"], metrics["seed"]
         what = "the default run" if steps == G.DIGIT_RUN["steps"] else "a run"
-        return (params, config, alphas_cumprod, f"{what} of {steps} steps (seed {seed}, reused)", cpu), {}
+        trained_by = metrics["config"].get("implementation", "scratch")  # a port's run: its weights in scratch's layout
+        by = "" if trained_by == "scratch" else f", trained by the {trained_by} port"
+        return (params, config, alphas_cumprod, f"{what} of {steps} steps (seed {seed}{by}, reused)", cpu), {}
     steps = G.DIGIT_RUN["steps"] if full else QUICK["steps"]
     job = pool.submit(_train, steps)
     # after seed 0, so that seed 1 trains beside it and seed 2 beside render's sweep of seed 0
@@ -141,7 +143,7 @@ def render(out_dir, full=False, run_dir=None, per_word=None, sample_steps=None):
     ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], fontsize=8, loc="upper left")
     ax.set_title(f"the trade-off, {10 * per_word} images per scale", fontsize=10)
     cpu_text = f"; training {cpu:.0f} CPU s" if cpu is not None else ""
-    fig.suptitle(f"Classifier-free guidance, ε̃ = ε(x, ∅) + s·(ε(x, word) − ε(x, ∅)): the NumPy U-Net after {trained}"
+    fig.suptitle(f"Classifier-free guidance, ε̃ = ε(x, ∅) + s·(ε(x, word) − ε(x, ∅)): scratch's U-Net after {trained}"
                  f"{cpu_text}; DDIM, {sample_steps} steps, the same x_T in every column", fontsize=11)
     save(fig, out_dir, "diffusion_digits.png")
 
