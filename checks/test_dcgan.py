@@ -230,7 +230,7 @@ def test_command_line_writes_images_in_the_unit_interval(tmp_path, capsys):
     assert samples.shape == (1000, 28, 28) and samples.dtype == np.float32
     assert 0.0 <= samples.min() and samples.max() <= 1.0 and samples.std() > 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["arch"] == "conv" and metrics["config"]["lr"] == 2e-4 and metrics["config"]["betas"] == [0.5, 0.999]
+    assert metrics["config"]["arch"] == "conv" and metrics["config"]["lr"] == 4e-4 and metrics["config"]["lr_end"] == 4e-4 and metrics["config"]["betas"] == [0.5, 0.999]
     assert {"d_real_test", "d_fake", "disc_loss", "gen_loss"} <= set(metrics["final"])
     assert json.loads(capsys.readouterr().out)["final"]["step"] == 2
     with pytest.raises(SystemExit, match="--data mnist"):

@@ -107,7 +107,7 @@ def render(out_dir, full=False):
                       f"median {np.median(distance):.2f}; real test digits {np.median(real_distance):.2f}", fontsize=10)
     protocol = "full protocol (the command line's default run)" if full else f"SHORT protocol ({steps} steps; --full trains longer)"
     fig.suptitle(f"DCGAN on 28×28 MNIST, {protocol}: {steps} steps of {CONV_DEFAULTS['gan']['batch_size']}, "
-                 f"widths {config['gen_width']}/{config['disc_width']}, Adam 2e-4 β1 0.5\nthe same weights, batches and noise "
+                 f"widths {config['gen_width']}/{config['disc_width']}, Adam {CONV_DEFAULTS['gan']['lr']:g} β1 0.5\nthe same weights, batches and noise "
                  f"in both; in float32 they drift apart: at step {last} the pixels differ by {mean_difference:.3f} on average, "
                  f"{difference:.2f} at most", fontsize=11, y=1.02)
     save(fig, out_dir, "dcgan_digits.png")
