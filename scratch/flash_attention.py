@@ -72,6 +72,11 @@ def causal_block_mask(r0, r1, c0, c1):
     return np.arange(c0, c1)[None, :] <= np.arange(r0, r1)[:, None]  # (Br, Bc)
 
 
+def contiguous_blocks(x, size):
+    """x (..., T, d) cut along T into blocks of `size` rows (the last shorter), each copied contiguous."""
+    return [np.ascontiguousarray(x[..., i:i + size, :]) for i in range(0, x.shape[-2], size)]
+
+
 def key_blocks_seen(r1, tk, block_k, causal):
     """How many key blocks a query block ending before row r1 visits: all of them, or, causal, those
     starting at a column ≤ its last row r1 − 1 (the later ones lie wholly above the diagonal)."""
@@ -111,16 +116,20 @@ def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64, threa
     # times faster than reducing each short row of Bc values on its own (the same numbers: a maximum does not
     # depend on the layout, and a sum only in its last bits).
     q_t = transposed(q * scale)  # (..., dk, Tq): Sᵀ = K (Q/√d_k)ᵀ, the scale applied once, not once per block
+    # Each block copied once into its own contiguous array: a block sliced out of (..., T, d) steps over T·d values
+    # between its (batch, head) pairs, and a matrix product over such views is slower than over the copies.
+    k_blocks = contiguous_blocks(k, block_k)  # [(..., Bc, dk)], ⌈Tk / Bc⌉ of them
+    v_blocks = contiguous_blocks(v, block_k)  # [(..., Bc, dv)]
     for r0 in range(0, tq, block_q):
         r1 = min(r0 + block_q, tq)
-        q_i = q_t[..., r0:r1]  # (..., dk, Br)
+        q_i = np.ascontiguousarray(q_t[..., r0:r1])  # (..., dk, Br)
         m_i = np.full((*lead, r1 - r0), -np.inf, dtype=q.dtype)  # (..., Br), m⁽⁰⁾ = −∞
         l_i = np.zeros((*lead, r1 - r0), dtype=q.dtype)  # (..., Br), ℓ⁽⁰⁾ = 0
         o_i = np.zeros((*lead, r1 - r0, dv), dtype=q.dtype)  # (..., Br, dv), Õ⁽⁰⁾ = 0
         for j in range(key_blocks_seen(r1, tk, block_k, causal)):
             c0, c1 = j * block_k, min((j + 1) * block_k, tk)
             # S_ijᵀ = K_j (Q_i/√d_k)ᵀ
-            s_t = k[..., c0:c1, :] @ q_i  # (..., Bc, Br)
+            s_t = k_blocks[j] @ q_i  # (..., Bc, Br)
             if causal and c1 - 1 > r0:  # the block crosses the diagonal: mask the keys after each query
                 np.copyto(s_t, -np.inf, where=~causal_block_mask(r0, r1, c0, c1).T)
             # m_i⁽ʲ⁾ = max(m_i⁽ʲ⁻¹⁾, rowmax(S_ij)); finite, since key block 0 gives every row a key
@@ -134,7 +143,7 @@ def flash_attention_forward(q, k, v, causal=False, block_q=64, block_k=64, threa
             l_i = alpha * l_i + p_t.sum(axis=-2)  # (..., Br)
             # Õ_i⁽ʲ⁾ = diag(α) Õ_i⁽ʲ⁻¹⁾ + P̃_ij V_j
             o_i *= alpha[..., None]
-            o_i += p_t.swapaxes(-1, -2) @ v[..., c0:c1, :]  # (..., Br, dv)
+            o_i += p_t.swapaxes(-1, -2) @ v_blocks[j]  # (..., Br, dv)
             m_i = m_new
         # O_i = diag(ℓ_i)⁻¹ Õ_i: the softmax's denominator, applied once at the end
         out[..., r0:r1, :] = o_i / l_i[..., None]  # (..., Br, dv)
@@ -161,27 +170,29 @@ def flash_attention_backward(dout, cache, threads=None):
     # D_i = rowsum(dO_i ∘ O_i) = Σ_j A_ij (dO_i · v_j) = Σ_j A_ij dP_ij: the softmax backward's Σ term,
     # computed once from O instead of from every block of A
     d = np.vecdot(dout, out)  # (..., Tq)
-    q_scaled = q * scale  # (..., Tq, dk)
-    k_t, v_t = transposed(k), transposed(v)  # (..., dk, Tk), (..., dv, Tk)
+    # every block in its own contiguous array, as in the forward: the query blocks once, each key block as it comes
+    q_blocks = contiguous_blocks(q * scale, block_q)  # [(..., Br, dk)]
+    do_blocks = contiguous_blocks(dout, block_q)  # [(..., Br, dv)]
     for c0 in range(0, tk, block_k):
         c1 = min(c0 + block_k, tk)
-        k_j, v_j = k[..., c0:c1, :], v[..., c0:c1, :]  # (..., Bc, dk), (..., Bc, dv)
+        k_j, v_j = np.ascontiguousarray(k[..., c0:c1, :]), np.ascontiguousarray(v[..., c0:c1, :])  # (..., Bc, dk), (..., Bc, dv)
+        k_jt, v_jt = transposed(k_j), transposed(v_j)  # (..., dk, Bc), (..., dv, Bc)
         dk_j = np.zeros_like(k_j)  # (..., Bc, dk)
         dv_j = np.zeros_like(v_j)  # (..., Bc, dv)
         # causal: the query blocks wholly before column c0 see none of this block; the first to see it holds row c0
         first = c0 // block_q if causal else 0
-        for r0 in range(first * block_q, tq, block_q):
-            r1 = min(r0 + block_q, tq)
-            q_i, do_i = q_scaled[..., r0:r1, :], dout[..., r0:r1, :]  # (..., Br, dk), (..., Br, dv)
+        for i in range(first, len(q_blocks)):
+            r0, r1 = i * block_q, min((i + 1) * block_q, tq)
+            q_i, do_i = q_blocks[i], do_blocks[i]  # (..., Br, dk), (..., Br, dv)
             # S_ij = Q_i K_jᵀ / √d_k, then P_ij = exp(S_ij − L_i): the forward's weights, recomputed exactly
-            s = q_i @ k_t[..., c0:c1]  # (..., Br, Bc)
+            s = q_i @ k_jt  # (..., Br, Bc)
             if causal and c1 - 1 > r0:
                 np.copyto(s, -np.inf, where=~causal_block_mask(r0, r1, c0, c1))  # exp(−∞) = 0: masked weights stay 0
             s -= lse[..., r0:r1, None]
             p = np.exp(s, out=s)  # (..., Br, Bc)
             # O = P V  ⇒  dV_j += P_ijᵀ dO_i  and  dP_ij = dO_i V_jᵀ
             dv_j += p.swapaxes(-1, -2) @ do_i  # (..., Bc, dv)
-            dp = do_i @ v_t[..., c0:c1]  # (..., Br, Bc)
+            dp = do_i @ v_jt  # (..., Br, Bc)
             # P = softmax(S) row by row  ⇒  dS_ij = P_ij ∘ (dP_ij − D_i)
             dp -= d[..., r0:r1, None]
             ds = np.multiply(p, dp, out=dp)  # (..., Br, Bc)
