@@ -170,12 +170,11 @@ def flash_attention_backward(dout, cache, threads=None):
     # D_i = rowsum(dO_i ∘ O_i) = Σ_j A_ij (dO_i · v_j) = Σ_j A_ij dP_ij: the softmax backward's Σ term,
     # computed once from O instead of from every block of A
     d = np.vecdot(dout, out)  # (..., Tq)
-    # every block in its own contiguous array, as in the forward: the query blocks once, each key block as it comes
+    # every block in its own contiguous array, as in the forward
     q_blocks = contiguous_blocks(q * scale, block_q)  # [(..., Br, dk)]
     do_blocks = contiguous_blocks(dout, block_q)  # [(..., Br, dv)]
-    for c0 in range(0, tk, block_k):
-        c1 = min(c0 + block_k, tk)
-        k_j, v_j = np.ascontiguousarray(k[..., c0:c1, :]), np.ascontiguousarray(v[..., c0:c1, :])  # (..., Bc, dk), (..., Bc, dv)
+    for j, (k_j, v_j) in enumerate(zip(contiguous_blocks(k, block_k), contiguous_blocks(v, block_k))):
+        c0, c1 = j * block_k, min((j + 1) * block_k, tk)  # k_j (..., Bc, dk), v_j (..., Bc, dv)
         k_jt, v_jt = transposed(k_j), transposed(v_j)  # (..., dk, Bc), (..., dv, Bc)
         dk_j = np.zeros_like(k_j)  # (..., Bc, dk)
         dv_j = np.zeros_like(v_j)  # (..., Bc, dv)
