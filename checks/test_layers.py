@@ -72,6 +72,33 @@ def test_sigmoid_is_stable_for_large_inputs():
         assert np.all(np.isfinite(dx)) and np.all(dx >= 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("slope", [1e-30, 0.01, 0.2, 1.0])
+def test_leaky_relu_is_the_definition_to_the_bit_at_extreme_inputs(slope, dtype):
+    # the branch-free lines (max(x, s·x), dout · max(1[x > 0], s)) against the definition, np.where, bit for bit:
+    # signed zeros, infinities, NaN, the smallest subnormal and the largest finite number, on each side of 0
+    tiny, huge = np.finfo(dtype).smallest_subnormal, np.finfo(dtype).max
+    x = np.array([-np.inf, -huge, -1.5, -tiny, -0.0, 0.0, tiny, 1.5, huge, np.inf, np.nan], dtype=dtype)
+    dout = np.array([np.inf, -2.0, 3.0, -0.0, 1.0, 1.0, huge, -np.inf, 0.5, 2.0, 1.0], dtype=dtype)
+    with np.errstate(all="ignore"):
+        expected_y = np.where(x > 0, x, slope * x)
+        expected_dx = np.where(x > 0, dout, slope * dout)
+        y, cache = L.leaky_relu_forward(x, slope)
+        dx = L.leaky_relu_backward(dout, cache)
+    assert y.dtype == dx.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(y, expected_y, strict=True)  # NaN where NaN
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(expected_y))  # −0 stays −0
+    np.testing.assert_array_equal(dx, expected_dx, strict=True)
+    np.testing.assert_array_equal(np.signbit(dx), np.signbit(expected_dx))
+    assert not np.isnan(y[:-1]).any() and not np.isnan(dx[:-1]).any()  # only the NaN input gives NaN
+
+
+@pytest.mark.parametrize("slope", [0.0, -0.01, 1.5, np.inf, np.nan, True, "0.2", None])
+def test_leaky_relu_refuses_a_slope_outside_0_1(slope):
+    with pytest.raises(ValueError, match=r"negative_slope must be a number in \(0, 1\], got"):
+        L.leaky_relu_forward(np.ones(3), slope)
+
+
 def test_linear_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"W must have shape \(3, O\).*got shape \(4, 2\)"):
         L.linear_forward(np.ones((5, 3)), np.ones((4, 2)), np.ones(2))

@@ -121,6 +121,15 @@ def check_multi_head_attention_inputs(x_q, x_kv, params, num_heads, mask):
 # ----------------------------------------------------------------------------------------------
 
 
+def check_negative_slope(negative_slope):
+    """A leaky ReLU's slope: a real number in (0, 1] (0 is relu itself, relu_forward), returned as a Python float
+    so that float32 inputs stay float32."""
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float, np.integer, np.floating)) \
+            or not 0.0 < negative_slope <= 1.0:
+        raise ValueError(f"negative_slope must be a number in (0, 1], got {negative_slope!r}")
+    return float(negative_slope)
+
+
 def check_linear_inputs(x, W, b):
     """x (..., I), W (I, O), b (O,), one floating dtype."""
     x, W, b = as_float_array("x", x), as_float_array("W", W), as_float_array("b", b)
