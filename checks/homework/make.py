@@ -77,13 +77,15 @@ def imported_modules(module):
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("scratch."):
                 todo.append(node.module.split(".")[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "scratch":  # from scratch import allocator
+                todo += [a.name for a in node.names]
             elif isinstance(node, ast.Import):
                 todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("scratch.")]
     return found
 
 
 def write_scratch(out, modules):
-    files = ["__init__", "gradcheck"] + [m for module in modules for m in imported_modules(module)]
+    files = imported_modules("__init__") + ["gradcheck"] + [m for module in modules for m in imported_modules(module)]
     (out / "scratch").mkdir(parents=True)
     for name in dict.fromkeys(files):
         source = (SCRATCH / f"{name}.py").read_text()
