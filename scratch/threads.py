@@ -13,6 +13,7 @@ result does not change by one bit (checks/test_flash_attention.py pins it).
 """
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -63,11 +64,25 @@ def split_axis(lead, threads):
 
 def over_threads(fn, arrays, lead, threads):
     """fn(*parts) on `threads` parts of one leading axis of `arrays` (all start with the axes `lead`; slices are
-    views, nothing is copied), run side by side; each array fn returns, put back together along that axis."""
+    views, nothing is copied), run side by side; each array fn returns, put back together along that axis.
+
+    Each part copies its results into the whole arrays itself, in its own thread, right after computing them:
+    the copies run side by side and find the results still in the cache (np.concatenate after both parts, on one
+    thread, cost 1.2 of 5.2 ms of the plain attention's forward + backward at B = H = 8, T = 128)."""
     axis = split_axis(lead, threads)
     threads = min(threads, lead[axis])
     bounds = np.linspace(0, lead[axis], threads + 1).round().astype(int)
     cut = lambda a, lo, hi: a[(slice(None),) * axis + (slice(lo, hi),)]  # noqa: E731
     pool = _POOLS.get(threads) or _POOLS.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="scratch"))
-    parts = list(pool.map(lambda lo, hi: fn(*(cut(a, lo, hi) for a in arrays)), bounds[:-1], bounds[1:]))
-    return tuple(np.concatenate(pieces, axis=axis) for pieces in zip(*parts))
+    wholes, lock = [], threading.Lock()
+
+    def run(lo, hi):
+        results = fn(*(cut(a, lo, hi) for a in arrays))
+        with lock:  # the first part to finish sizes the whole arrays: its shapes, with the full length on the cut axis
+            if not wholes:
+                wholes.extend(np.empty(r.shape[:axis] + (lead[axis],) + r.shape[axis + 1:], r.dtype) for r in results)
+        for whole, result in zip(wholes, results):
+            cut(whole, lo, hi)[...] = result
+
+    list(pool.map(run, bounds[:-1], bounds[1:]))  # list(): wait for every part, and raise what a part raised
+    return tuple(wholes)
