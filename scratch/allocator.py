@@ -17,10 +17,11 @@ The two settings, through mallopt(3), once, when `scratch` is imported:
                       process holds at most that much memory it is not using
 
 Nothing computed changes: where an array lives never changes a number. Only glibc (Linux) has
-these knobs; elsewhere this does nothing. One thing seen to change: a freed block now holds old
-numbers instead of the kernel's zeros, and OpenBLAS's small-matrix kernels read a little past
-the matrices they multiply (the lanes they discard); when those bytes happen to be a NaN, NumPy
-reports "invalid value encountered in matmul" although the product is right. Seen once in three
+these knobs; elsewhere this does nothing. One thing seen to change: once, NumPy reported
+"invalid value encountered in matmul" in a check whose results were right. The likeliest cause,
+not confirmed: a reused block holds old bytes where a fresh page held zeros, and a BLAS kernel
+computes on a few bytes past a matrix in lanes it then discards (NumPy has seen such spurious
+flags from OpenBLAS before, numpy/numpy#24067). Seen once in three
 full test runs (the checks' results matched the ports'), never with SCRATCH_KEEP_FREED=0.
 
     SCRATCH_KEEP_FREED=0 python ...   # glibc's defaults, to see the difference
