@@ -22,7 +22,7 @@ these knobs; elsewhere this does nothing. One thing seen to change: once, NumPy 
 not confirmed: a reused block holds old bytes where a fresh page held zeros, and a BLAS kernel
 computes on a few bytes past a matrix in lanes it then discards (NumPy has seen such spurious
 flags from OpenBLAS before, numpy/numpy#24067). Seen once in three
-full test runs (the checks' results matched the ports'), never with SCRATCH_KEEP_FREED=0.
+full test runs (the checks' results matched the ports'), not in the one run with SCRATCH_KEEP_FREED=0.
 
     SCRATCH_KEEP_FREED=0 python ...   # glibc's defaults, to see the difference
 """
