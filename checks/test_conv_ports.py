@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checks.implementations import PORTS, require
+from checks.implementations import IMPLEMENTATIONS, PORTS, require
 from checks.runners import RUNNERS
 from checks.strategies import DTYPES, batch_norm_cases, conv_cases
 from checks.tolerances import assert_close
@@ -63,6 +63,28 @@ def test_port_matches_scratch(impl, dtype, op, data):
     port, scratch = require(impl, TOPIC[op]), require("scratch", TOPIC[op])
     case = data.draw(CASES[op](dtype), label="case")
     assert_all_close(impl, op, RUNNERS[op](port, case), RUNNERS[op](scratch, case), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@given(data=st.data())
+def test_conv2d_backward_without_the_input_gradient(impl, dtype, data):
+    """needs_input_grad=False (data, or a batch no gradient flows into): dx is None, dw and db are the full
+    backward's, to the bit in scratch (the same code computes them), within the tolerance in the ports."""
+    module, scratch = require(impl, "conv"), require("scratch", "conv")
+    case = data.draw(conv_cases(dtype), label="case")
+    expected = RUNNERS["conv2d"](scratch, case)
+    out, cache = module.conv2d_forward(case.x, case.w, case.b, case.stride, case.padding, case.dilation)
+    dx, dw, db = module.conv2d_backward(case.dout, cache, needs_input_grad=False)
+    assert dx is None, f"{impl}: needs_input_grad=False still returned a dx of shape {np.shape(dx)}"
+    expected.pop("dx")
+    actual = {"out": out, "dw": dw, **({} if db is None else {"db": db})}
+    if impl == "scratch":
+        assert sorted(actual) == sorted(expected)
+        for name, value in expected.items():
+            np.testing.assert_array_equal(actual[name], value, err_msg=f"scratch: {name} moved without dx")
+    else:
+        assert_all_close(impl, "conv2d without dx", actual, expected, dtype)
 
 
 @pytest.mark.parametrize("impl", PORTS)
@@ -116,6 +138,7 @@ def test_running_statistics_over_several_steps_match_scratch(impl, dtype):
 rng = np.random.default_rng(2)
 X, W, B = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((4, 3, 2, 2)), rng.standard_normal(4)
 WT = rng.standard_normal((3, 4, 2, 2))  # a transposed convolution's weight, (C_in, C_out, kh, kw)
+DOUT = np.ones((2, 4, 4, 3))  # conv2d(X, W)'s shape: an upstream gradient
 BN_X, BN_G, BN_B = rng.standard_normal((4, 3, 2, 2)), rng.standard_normal(3), rng.standard_normal(3)
 RM, RV = np.zeros(3), np.ones(3)
 
@@ -140,6 +163,10 @@ BAD_CALLS = {  # name → (topic, call(module))
     "conv_transpose2d padding too large": ("conv", lambda m: m.conv_transpose2d_forward(X, WT, B, padding=4)),
     "conv_transpose2d bias of the wrong length": ("conv", lambda m: m.conv_transpose2d_forward(X, WT, B[:3])),
     "conv_transpose2d stride 0": ("conv", lambda m: m.conv_transpose2d_forward(X, WT, B, stride=0)),
+    "conv2d needs_input_grad 0, not a bool": (
+        "conv", lambda m: m.conv2d_backward(DOUT, m.conv2d_forward(X, W, B)[1], needs_input_grad=0)),
+    "conv2d needs_input_grad None": (
+        "conv", lambda m: m.conv2d_backward(DOUT, m.conv2d_forward(X, W, B)[1], needs_input_grad=None)),
     "batch norm x 3-D": ("layers", lambda m: m.batch_norm_forward(BN_X[0], BN_G, BN_B)),
     "batch norm gamma of the wrong length": ("layers", lambda m: m.batch_norm_forward(BN_X, BN_G[:2], BN_B)),
     "batch norm integer x": ("layers", lambda m: m.batch_norm_forward(BN_X.astype(np.int32), BN_G, BN_B)),

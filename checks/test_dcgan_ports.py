@@ -370,3 +370,28 @@ def test_checkpoints_move_between_scratch_and_the_port(impl, tmp_path):
             continue
         for name in DC.parameter_shapes(TINY).keys() | DC.init_stats(TINY).keys():
             assert_close(got[name], expected[name], impl=impl, what=f"{name} after 4 + 4 steps ({order})")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("impl", ("scratch",) + PORTS)
+def test_discriminator_backward_without_the_input_gradient(impl, dtype):
+    """needs_input_grad=False, as D's own step asks: dx is None, every parameter gradient is the full backward's
+    (scratch: the same bits; a port: scratch's within the tolerance). A fresh forward for each backward: a
+    TensorFlow tape is read once."""
+    module = require(impl, "dcgan")
+    config = DC.DCGANConfig(z_dim=3, gen_width=2, disc_width=3)
+    params, _, x_real, _ = setup(config, 3, dtype, seed=5)
+    dlogits = np.random.default_rng(6).standard_normal(3).astype(dtype)
+    _, expected = DC.discriminator_backward(dlogits, DC.discriminator_forward(x_real, params, config)[1])
+    dx, grads = module.discriminator_backward(dlogits, module.discriminator_forward(x_real, params, config)[1],
+                                              needs_input_grad=False)
+    assert dx is None, f"{impl}: needs_input_grad=False still returned a dx of shape {np.shape(dx)}"
+    if impl == "scratch":
+        assert list(grads) == list(expected)
+        for name, value in expected.items():
+            np.testing.assert_array_equal(grads[name], value, err_msg=f"scratch: {name} moved without dx")
+    else:
+        assert_dict_close(impl, "D backward without dx", grads, expected, dtype)
+    with pytest.raises(TypeError, match="needs_input_grad must be True or False"):
+        module.discriminator_backward(dlogits, module.discriminator_forward(x_real, params, config)[1],
+                                      needs_input_grad="no")

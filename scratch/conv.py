@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scratch.validate import check_conv2d_inputs, check_conv_transpose2d_inputs
+from scratch.validate import check_conv2d_inputs, check_conv_transpose2d_inputs, check_flag
 
 # ----------------------------------------------------------------------------------------------
 # Patches: im2col and its adjoint col2im, on channels-last images
@@ -114,23 +114,31 @@ def conv2d_forward(x, w, b, stride=1, padding=0, dilation=1):
     return out, Conv2dCache(cols, w, x.shape, stride, padding, dilation, b is not None)
 
 
-def conv2d_backward(dout, cache):
-    """Return (dx, dw, db) given dout (B, C_out, Ho, Wo); db is None when the forward had no bias."""
+def conv2d_backward(dout, cache, needs_input_grad=True):
+    """Return (dx, dw, db) given dout (B, C_out, Ho, Wo); db is None when the forward had no bias.
+
+    needs_input_grad False: dx is None and costs nothing, for an input no gradient flows into (data,
+    or a generator's output while its discriminator trains): torch's autograd skips it the same way.
+    """
     cols, w, x_shape, stride, padding, dilation, has_bias = cache
+    needs_input_grad = check_flag("needs_input_grad", needs_input_grad)
     # BEGIN SOLUTION
-    # HINT: the forward is out = cols · W; go back through the product, then col2im, then crop the padding.
+    # HINT: the forward is out = cols · W; go back through the product, then col2im, then crop the padding;
+    # HINT: with needs_input_grad False, return (None, dw, db) before any of dx's work.
     (bsz, c_in, h, wd), (c_out, _, kh, kw), (ph, pw) = x_shape, w.shape, padding
     ho, wo = dout.shape[2:]
     g = dout.transpose(0, 2, 3, 1).reshape(bsz * ho * wo, c_out)  # (B·L, C_out), the rows of out
     # out = cols W  ⇒  dW = colsᵀ dout  (one product, summed over every image and position)
     dw = (cols.T @ g).reshape(kh, kw, c_in, c_out)  # (kh, kw, C_in, C_out), the patches' order
     dw = np.ascontiguousarray(dw.transpose(3, 2, 0, 1))  # (C_out, C_in, kh, kw)
+    # the bias is added at every image and position  ⇒  db = Σ_{b, i, j} dout
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None  # (C_out,)
+    if not needs_input_grad:
+        return None, dw, db
     # out = cols W  ⇒  dcols = dout Wᵀ, then each patch entry goes back to the cell it was copied from
     dcols = g @ w.transpose(0, 2, 3, 1).reshape(c_out, -1)  # (B·L, K)
     dxp = col2im(dcols, (bsz, h + 2 * ph, wd + 2 * pw, c_in), (kh, kw), stride, dilation, (ho, wo))  # (B, Hp, Wp, C_in)
     dx = np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + wd].transpose(0, 3, 1, 2))  # (B, C_in, H, W), padding dropped
-    # the bias is added at every image and position  ⇒  db = Σ_{b, i, j} dout
-    db = dout.sum(axis=(0, 2, 3)) if has_bias else None  # (C_out,)
     # END SOLUTION
     return dx, dw, db
 
@@ -141,7 +149,8 @@ def conv2d_backward(dout, cache):
 
 
 class ConvTranspose2dCache(NamedTuple):
-    x: np.ndarray  # (B, C_in, H, W)
+    rows: np.ndarray  # (B·L, C_in), the input's cells as rows (channels last): dw is their product with dout's patches
+    x_shape: tuple  # (B, C_in, H, W)
     w: np.ndarray  # (C_in, C_out, kh, kw)
     stride: tuple
     padding: tuple
@@ -159,7 +168,8 @@ def conv_transpose2d_forward(x, w, b, stride=1, padding=0, output_padding=0, dil
     x, w, b, stride, padding, output_padding, dilation = check_conv_transpose2d_inputs(
         x, w, b, stride, padding, output_padding, dilation)
     # BEGIN SOLUTION
-    # HINT: this is conv2d's dx computation with x in the place of dout: x's rows times W, then col2im, then crop.
+    # HINT: this is conv2d's dx computation with x in the place of dout: x's rows times W, then col2im, then crop;
+    # HINT: name x's rows (B·L, C_in) `rows`: the cache keeps them for the backward.
     (bsz, c_in, h, wd), (_, c_out, kh, kw) = x.shape, w.shape
     (sh, sw), (ph, pw), (dh, dw), (oph, opw) = stride, padding, dilation, output_padding
     # Output size (PyTorch's ConvTranspose2d): o = (i − 1)·s − 2p + d·(k − 1) + output_padding + 1
@@ -173,22 +183,22 @@ def conv_transpose2d_forward(x, w, b, stride=1, padding=0, output_padding=0, dil
     if b is not None:
         out += b[:, None, None]  # (B, C_out, Ho, Wo)
     # END SOLUTION
-    return out, ConvTranspose2dCache(x, w, stride, padding, dilation, b is not None)
+    return out, ConvTranspose2dCache(rows, x.shape, w, stride, padding, dilation, b is not None)
 
 
 def conv_transpose2d_backward(dout, cache):
     """Return (dx, dw, db) given dout (B, C_out, Ho, Wo); db is None when the forward had no bias."""
-    x, w, stride, padding, dilation, has_bias = cache
+    rows, x_shape, w, stride, padding, dilation, has_bias = cache
     # BEGIN SOLUTION
-    # HINT: the adjoint's adjoint is conv2d: dx is conv2d's forward of dout with w; dw pairs x with dout's patches.
-    (bsz, c_in, h, wd), (_, c_out, kh, kw), (ph, pw) = x.shape, w.shape, padding
+    # HINT: the adjoint's adjoint is conv2d: dx is conv2d's forward of dout with w; dw pairs x's cached rows with
+    # HINT: dout's patches.
+    (bsz, c_in, h, wd), (_, c_out, kh, kw), (ph, pw) = x_shape, w.shape, padding
     doutp = np.pad(dout.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)))  # (B, Hp, Wp, C_out)
     # the forward scattered x[b, c, i, j] · w[c, o, u, v] to cell (s·i + d·u, s·j + d·v): gather them back
     dcols = im2col(doutp, (kh, kw), stride, dilation, (h, wd))  # (B·L, K), K = kh·kw·C_out, L = H·W
     # cols = rows W  ⇒  drows = dcols Wᵀ (conv2d's forward, with w as its kernel) and dW = (dcolsᵀ rows)ᵀ
     drows = dcols @ w.transpose(2, 3, 1, 0).reshape(-1, c_in)  # (B·L, C_in); Wᵀ is (K, C_in)
     dx = np.ascontiguousarray(drows.reshape(bsz, h, wd, c_in).transpose(0, 3, 1, 2))  # (B, C_in, H, W)
-    rows = x.transpose(0, 2, 3, 1).reshape(bsz * h * wd, c_in)  # (B·L, C_in), as in the forward
     dw = (dcols.T @ rows).reshape(kh, kw, c_out, c_in)  # (kh, kw, C_out, C_in), the patches' order
     dw = np.ascontiguousarray(dw.transpose(3, 2, 0, 1))  # (C_in, C_out, kh, kw)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None  # (C_out,): Σ over images and positions

@@ -116,7 +116,7 @@ def encode_backward(dmu, dlog_var, caches):
     dh = relu_backward(dh, caches["relu2"])
     dh, grads["enc.W2"], grads["enc.b2"] = conv2d_backward(dh, caches["conv2"])  # (B, c, 13, 13)
     dh = relu_backward(dh, caches["relu1"])
-    _, grads["enc.W1"], grads["enc.b1"] = conv2d_backward(dh, caches["conv1"])  # x is data: its gradient is dropped
+    _, grads["enc.W1"], grads["enc.b1"] = conv2d_backward(dh, caches["conv1"], needs_input_grad=False)  # x is data
     return grads
 
 

@@ -47,7 +47,7 @@ from scratch.gan import (discriminator_loss_backward, discriminator_loss_forward
 from scratch.layers import (batch_norm_backward, batch_norm_eval, batch_norm_forward, batch_norm_update_running,
                             leaky_relu_backward, leaky_relu_forward, linear_backward, linear_forward, relu_backward,
                             relu_forward, tanh_backward, tanh_forward)
-from scratch.validate import as_float_array, check_same_dtype
+from scratch.validate import as_float_array, check_flag, check_same_dtype
 
 SIDE = 28  # the images are SIDE × SIDE; the maps in between are SIDE/2 and SIDE/4 = 7
 
@@ -225,20 +225,25 @@ def discriminator_forward(x, params, config, stats=None):
     return logits[:, 0], NetworkCache(layers, norms)
 
 
-def discriminator_backward(dlogits, cache):
-    """Return (dx, grads of every "disc.*" parameter) for a training-mode forward."""
+def discriminator_backward(dlogits, cache, needs_input_grad=True):
+    """Return (dx, grads of every "disc.*" parameter) for a training-mode forward.
+
+    needs_input_grad False: dx is None and its first-layer work is skipped (D's own step: the real
+    images are data, the fake ones a constant there).
+    """
     if cache is None:
         raise ValueError("discriminator_backward needs a training-mode forward's cache (stats=None)")
+    needs_input_grad = check_flag("needs_input_grad", needs_input_grad)
     layers, grads = cache.layers, {}
     # BEGIN SOLUTION
     # HINT: the forward in reverse, each op's backward on its cache in cache.layers ("W3", "lrelu2", "bn2", "W2",
-    # HINT: "lrelu1", "W1"); dlogits is (B,), the linear layer's output (B, 1).
+    # HINT: "lrelu1", "W1"); dlogits is (B,), the linear layer's output (B, 1); needs_input_grad goes to the first conv.
     dh, grads["disc.W3"], grads["disc.b3"] = linear_backward(dlogits[:, None], layers["W3"])  # (B, 2d·49)
     dh = leaky_relu_backward(dh.reshape(layers["lrelu2"][0].shape), layers["lrelu2"])  # (B, 2d, 7, 7)
     dh, grads["disc.bn2.gamma"], grads["disc.bn2.beta"] = batch_norm_backward(dh, layers["bn2"])  # (B, 2d, 7, 7)
     dh, grads["disc.W2"], _ = conv2d_backward(dh, layers["W2"])  # (B, d, 14, 14)
     dh = leaky_relu_backward(dh, layers["lrelu1"])  # (B, d, 14, 14)
-    dx, grads["disc.W1"], grads["disc.b1"] = conv2d_backward(dh, layers["W1"])  # (B, 1, 28, 28)
+    dx, grads["disc.W1"], grads["disc.b1"] = conv2d_backward(dh, layers["W1"], needs_input_grad)  # (B, 1, 28, 28) or None
     # END SOLUTION
     return dx, {name: grads[name] for name in DISC_NAMES}
 
@@ -263,8 +268,8 @@ def discriminator_step(x_real, z, params, stats, config):
     stats = update_stats(stats, fake_cache, config.momentum)
     loss, loss_cache = discriminator_loss_forward(real_logits, fake_logits)
     d_real, d_fake = discriminator_loss_backward(1.0, loss_cache)  # (B,) each
-    _, grads = discriminator_backward(d_real, real_cache)
-    _, fake_grads = discriminator_backward(d_fake, fake_cache)
+    _, grads = discriminator_backward(d_real, real_cache, needs_input_grad=False)  # no gradient into either batch
+    _, fake_grads = discriminator_backward(d_fake, fake_cache, needs_input_grad=False)
     # the same weights judged both batches  ⇒  their gradients add
     return loss, {name: grads[name] + fake_grads[name] for name in grads}, stats
 

@@ -130,6 +130,14 @@ def check_negative_slope(negative_slope):
     return float(negative_slope)
 
 
+def check_flag(name, value):
+    """A switch such as needs_input_grad: True or False (NumPy's bool too), returned as a Python bool; anything
+    else, 0 and 1 included, is refused rather than read by its truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def check_linear_inputs(x, W, b):
     """x (..., I), W (I, O), b (O,), one floating dtype."""
     x, W, b = as_float_array("x", x), as_float_array("W", W), as_float_array("b", b)

@@ -32,7 +32,7 @@ import numpy as np
 from keras import ops
 
 from ports.keras.autodiff import gradients, record
-from scratch.validate import as_float_array, as_pair, check_conv2d_inputs, check_conv_transpose2d_inputs
+from scratch.validate import as_float_array, as_pair, check_conv2d_inputs, check_conv_transpose2d_inputs, check_flag
 
 __all__ = [
     "conv2d_forward", "conv2d_backward", "conv_transpose2d_forward", "conv_transpose2d_backward",
@@ -106,8 +106,14 @@ def conv2d_forward(x, w, b, stride=1, padding=0, dilation=1):
     return _record_conv(lambda xt, wt, bt: _conv2d(xt, wt, bt, stride, padding, dilation), x, w, b)
 
 
-def conv2d_backward(dout, cache):
-    """Return (dx, dw, db); db is None when the forward had no bias."""
+def conv2d_backward(dout, cache, needs_input_grad=True):
+    """Return (dx, dw, db); db is None when the forward had no bias.
+
+    needs_input_grad False: dx is None, and the tape is not asked for it.
+    """
+    if not check_flag("needs_input_grad", needs_input_grad):
+        dw, *db = gradients(dout, cache._replace(inputs=cache.inputs[1:]))  # x was recorded first: left out
+        return None, dw, db[0] if db else None
     dx, dw, db = _conv_gradients(dout, cache)
     return dx, dw, db
 

@@ -42,7 +42,7 @@ from ports.keras.gan import _discriminator_loss, _generator_loss, _leaky_relu
 from scratch.dcgan import (DISC_NAMES, GEN_NAMES, SIDE, DCGANConfig, _check_input, from_pixels, init_dcgan,
                            init_stats, parameter_shapes, to_pixels)
 from scratch.gan import GENERATOR_LOSSES
-from scratch.validate import check_same_dtype
+from scratch.validate import check_flag, check_same_dtype
 
 __all__ = [
     "DCGANConfig", "parameter_shapes", "init_dcgan", "init_stats", "generator_forward", "generator_backward",
@@ -128,9 +128,11 @@ def _forward(network, data, params, config, stats, names):
     return out, NetworkCache(recording, tuple(names), seen)
 
 
-def _backward(dout, cache, what):
+def _backward(dout, cache, what, needs_input_grad=True):
     if cache is None:
         raise ValueError(f"{what}_backward needs a training-mode forward's cache (stats=None); evaluation mode keeps none")
+    if not needs_input_grad:  # the network's input was recorded first, then its parameters
+        return None, dict(zip(cache.names, gradients(dout, cache.recording._replace(inputs=cache.recording.inputs[1:]))))
     grads = gradients(dout, cache.recording)
     return grads[0], dict(zip(cache.names, grads[1:]))
 
@@ -154,9 +156,9 @@ def discriminator_forward(x, params, config, stats=None):
     return _forward(_discriminate, x, params, config, stats, DISC_NAMES)
 
 
-def discriminator_backward(dlogits, cache):
-    """Return (dx, grads of every "disc.*" parameter) for a training-mode forward."""
-    return _backward(dlogits, cache, "discriminator")
+def discriminator_backward(dlogits, cache, needs_input_grad=True):
+    """Return (dx, grads of every "disc.*" parameter) for a training-mode forward; needs_input_grad False: dx is None."""
+    return _backward(dlogits, cache, "discriminator", check_flag("needs_input_grad", needs_input_grad))
 
 
 def update_stats(stats, cache, momentum=0.1):

@@ -38,7 +38,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from scratch.validate import check_conv2d_inputs, check_conv_transpose2d_inputs
+from scratch.validate import check_conv2d_inputs, check_conv_transpose2d_inputs, check_flag
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv_transpose2d_forward", "conv_transpose2d_backward"]
 
@@ -129,8 +129,13 @@ def conv2d_forward(x, w, b, stride=1, padding=0, dilation=1):
     return out.numpy(), ConvCache(tape, xt, wt, bt, out)
 
 
-def conv2d_backward(dout, cache):
-    """Return (dx, dw, db); db is None when the forward had no bias."""
+def conv2d_backward(dout, cache, needs_input_grad=True):
+    """Return (dx, dw, db); db is None when the forward had no bias.
+
+    needs_input_grad False: dx is None, and the tape is not asked for it.
+    """
+    if not check_flag("needs_input_grad", needs_input_grad):
+        cache = cache._replace(x=None)  # _conv_gradients asks only for the tensors that are not None
     dx, dw, db = _conv_gradients(dout, cache)
     return dx, dw, db
 

@@ -38,7 +38,7 @@ from ports.torch.gan import _discriminator_loss, _generator_loss
 from scratch.dcgan import (DISC_NAMES, GEN_NAMES, SIDE, DCGANConfig, _check_input, from_pixels,
                            init_dcgan, init_stats, parameter_shapes, to_pixels)
 from scratch.gan import GENERATOR_LOSSES
-from scratch.validate import check_same_dtype
+from scratch.validate import check_flag, check_same_dtype
 
 __all__ = [
     "DCGANConfig", "parameter_shapes", "init_dcgan", "init_stats", "generator_forward", "generator_backward",
@@ -112,14 +112,16 @@ def _forward(network, data, params, config, stats, net):
     return out.detach().numpy(), NetworkCache((data, *leaves.values()), tuple(leaves), out, seen)
 
 
-def _backward(dout, cache, what):
+def _backward(dout, cache, what, needs_input_grad=True):
     if cache is None:
         raise ValueError(f"{what}_backward needs a training-mode forward's cache (stats=None); evaluation mode keeps none")
     dout = np.asarray(dout)
     if dout.shape != tuple(cache.out.shape):
         raise ValueError(f"dout must have shape {tuple(cache.out.shape)}, got shape {dout.shape}")
-    grads = torch.autograd.grad(cache.out, cache.inputs, torch.as_tensor(dout, dtype=cache.out.dtype))
-    return grads[0].numpy(), {name: g.numpy() for name, g in zip(cache.names, grads[1:])}
+    inputs = cache.inputs if needs_input_grad else cache.inputs[1:]  # the network's input first, then its parameters
+    grads = list(torch.autograd.grad(cache.out, inputs, torch.as_tensor(dout, dtype=cache.out.dtype)))
+    dx = grads.pop(0).numpy() if needs_input_grad else None
+    return dx, {name: g.numpy() for name, g in zip(cache.names, grads)}
 
 
 def generator_forward(z, params, config, stats=None):
@@ -141,9 +143,9 @@ def discriminator_forward(x, params, config, stats=None):
     return _forward(_discriminate, x, params, config, stats, "disc")
 
 
-def discriminator_backward(dlogits, cache):
-    """Return (dx, grads of every "disc.*" parameter) for a training-mode forward."""
-    return _backward(dlogits, cache, "discriminator")
+def discriminator_backward(dlogits, cache, needs_input_grad=True):
+    """Return (dx, grads of every "disc.*" parameter) for a training-mode forward; needs_input_grad False: dx is None."""
+    return _backward(dlogits, cache, "discriminator", check_flag("needs_input_grad", needs_input_grad))
 
 
 def _update(stats, seen, momentum):
