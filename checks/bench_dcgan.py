@@ -14,7 +14,9 @@ torch.set_num_threads), so the two compare the same CPU; "torch, 2 threads" show
 default would do on this machine. Timed with checks/bench.py's interleaved method.
 
 FLOPs: multiply-adds of the convolutions and linear layers, 2 FLOPs each; a backward costs two
-forwards (dx and dw); elementwise work, im2col, batch norm and Adam are free in the count.
+forwards (dx and dw), less the dx no one needs, which both sides skip (D's input in D's own step,
+the data's in the conv VAE's first layer: scratch by needs_input_grad=False, torch because those
+tensors never require a gradient); elementwise work, im2col, batch norm and Adam are free in the count.
 """
 
 import itertools
@@ -68,10 +70,11 @@ def dcgan_group(rng, dtype=np.float32):
     scratch, torch_one, torch_two = make(ScratchDCGANTrainer), make(TorchDCGANTrainer), make(TorchDCGANTrainer)
     z, g, d, q = config.z_dim, config.gen_width, config.disc_width, 7
     gen = BATCH * (z * 2 * g * q * q + q * q * 2 * g * g * 16 + 4 * q * q * g * 16)  # linear, 2g→g, g→1 (per input pixel)
-    disc = BATCH * (4 * q * q * d * 16 + q * q * d * 2 * d * 16 + 2 * d * q * q)  # 1→d, d→2d (per output pixel), linear
-    # D step: G forward, D forward + backward on real and fake; G step: G and D forward + backward
-    flops = 2.0 * (gen + 2 * 3 * disc + 3 * gen + 3 * disc)
-    count = f"2·(G fwd + 2×3 D + 3 G + 3 D) multiply-adds = {flops / 1e6:.0f} MFLOP"
+    first = BATCH * 4 * q * q * d * 16  # D's first layer, 1→d (per output pixel)
+    disc = first + BATCH * (q * q * d * 2 * d * 16 + 2 * d * q * q)  # 1→d, d→2d, linear
+    # D step: G forward, D forward + backward on real and fake, no dx into either batch; G step: G and D forward + backward
+    flops = 2.0 * (gen + 2 * (3 * disc - first) + 3 * gen + 3 * disc)
+    count = f"2·(G fwd + 2×(3 D − D's first dx) + 3 G + 3 D) multiply-adds = {flops / 1e6:.0f} MFLOP"
     title = f"DCGAN training step (D step + G step, Adam)  B={BATCH} Z={z} widths {g}/{d} {np.dtype(dtype).name}"
     candidates = {"scratch": (_stepper(scratch), flops), "torch": (_stepper(torch_one), flops),
                   "torch, 2 threads": (_stepper(torch_two, DCGANTrainer), flops)}
@@ -90,8 +93,8 @@ def conv_vae_group(rng, dtype=np.float32):
     z, c = config.z_dim, config.width
     encoder = 169 * c * 9 + 36 * c * 2 * c * 9 + 2 * 2 * c * 36 * z  # 1→c (13×13), c→2c (6×6), two heads
     decoder = z * c * 49 + 49 * c * 2 * c * 9 + 196 * 2 * c * c * 9 + 784 * c * 9  # linear, c→2c, 2c→c, c→1
-    flops = 2.0 * 3 * BATCH * (encoder + decoder)  # forward + a backward of two products
-    count = f"2·3·(encoder + decoder) multiply-adds = {flops / 1e6:.0f} MFLOP"
+    flops = 2.0 * BATCH * (3 * (encoder + decoder) - 169 * c * 9)  # forward + a backward of two products, no dx into x
+    count = f"2·(3·(encoder + decoder) − the data's dx) multiply-adds = {flops / 1e6:.0f} MFLOP"
     title = f"conv VAE training step (−ELBO, Adam)  B={BATCH} Z={z} c={c} {np.dtype(dtype).name}"
     candidates = {"scratch": (_stepper(scratch), flops), "torch": (_stepper(torch_one), flops),
                   "torch, 2 threads": (_stepper(torch_two, ConvVAETrainer), flops)}
