@@ -56,6 +56,19 @@ def assert_close(actual, expected, *, impl, what, dtype=None):
     )
 
 
+def assert_like_the_full_call(impl, what, actual, expected, dtype):
+    """A call that skipped some work (needs_input_grad=False) against scratch's full call, name by name:
+    scratch to the bit (the same code computed them), a port within its tolerance, both in the input's dtype."""
+    assert sorted(actual) == sorted(expected), f"{impl}: {what} returned {sorted(actual)}, the full call {sorted(expected)}"
+    for name, value in expected.items():
+        got = np.asarray(actual[name])
+        assert got.dtype == np.dtype(dtype), f"{impl}: {what} {name} is {got.dtype}, the input was {np.dtype(dtype)}"
+        if impl == "scratch":
+            np.testing.assert_array_equal(got, value, err_msg=f"scratch: {what} {name} moved")
+        else:
+            assert_close(got, value, impl=impl, what=f"{what} {name}")
+
+
 def assert_clear_error(impl, what, call, error, fragments):
     """`call()` must raise `error` whose message names every one of `fragments` (argument, shapes)."""
     import pytest
